@@ -1,0 +1,32 @@
+import net from 'node:net';
+import { Aedes } from 'aedes';
+
+export interface EmbeddedBroker {
+  broker: Aedes;
+  /** Plain MQTT listener for cloud applications. */
+  appServer: net.Server;
+  close(): Promise<void>;
+}
+
+/** Client IDs longer than aedes' default of 23 are common in fleets (MQTT 3.1.1 §3.1.3.1 allows it). */
+const MAX_CLIENT_ID_LENGTH = 256;
+
+export async function startEmbeddedBroker(options: { appHost: string; appPort: number }): Promise<EmbeddedBroker> {
+  const broker = await Aedes.createBroker({ maxClientsIdLength: MAX_CLIENT_ID_LENGTH });
+  const appServer = net.createServer((socket) => broker.handle(socket));
+  await new Promise<void>((resolve, reject) => {
+    appServer.once('error', reject);
+    appServer.listen(options.appPort, options.appHost, () => {
+      appServer.off('error', reject);
+      resolve();
+    });
+  });
+  return {
+    broker,
+    appServer,
+    close: async () => {
+      await new Promise<void>((resolve) => appServer.close(() => resolve()));
+      await new Promise<void>((resolve) => broker.close(() => resolve()));
+    },
+  };
+}

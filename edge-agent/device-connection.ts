@@ -1,0 +1,179 @@
+import type { Socket } from 'node:net';
+import { isEdgemuxError } from '../shared/errors.js';
+import type { Logger } from '../shared/logger.js';
+import { MqttFramer, PacketType, packetTypeOf, PINGRESP_BYTES } from '../shared/mqtt-framing.js';
+import type { MuxStream, StreamSink } from '../shared/mux-stream.js';
+import type { Tunnel } from '../shared/tunnel.js';
+import { admitConnect, type DeviceConnect } from './connect-packet.js';
+import type { SocketBatcher } from './socket-batcher.js';
+
+export type DeviceState = 'awaiting-connect' | 'attached' | 'draining' | 'closed';
+
+/** What a device connection needs from the agent that owns it. */
+export interface DeviceHost {
+  readonly log: Logger;
+  readonly batcher: SocketBatcher;
+  readonly maxPacketSize: number;
+  readonly assignedIdPrefix: string;
+  /** Opens a stream for the device and sends its CONNECT; null when no tunnel is up. */
+  openStream(device: DeviceConnection, connect: DeviceConnect): MuxStream<DeviceConnection, Tunnel> | null;
+  /** Tells the hub the stream ended; `abrupt` makes the broker publish the will. */
+  closeStream(stream: MuxStream<DeviceConnection, Tunnel>, reason: string, abrupt: boolean): void;
+  deviceClosed(device: DeviceConnection): void;
+}
+
+/** MQTT 3.1.1 §3.1.2.10: the server disconnects after one and a half keepalive periods of silence. */
+const KEEPALIVE_GRACE = 1.5;
+
+/**
+ * One local device on the agent: awaiting-connect → attached → draining → closed.
+ * PINGREQs are answered here, so keepalives never cross the tunnel; the
+ * device's keepalive is enforced here too.
+ */
+export class DeviceConnection implements StreamSink {
+  state: DeviceState = 'awaiting-connect';
+  clientId: string | null = null;
+  stream: MuxStream<DeviceConnection, Tunnel> | null = null;
+  private keepaliveMs = 0;
+  private lastHeardAt: number;
+  private readonly acceptedAt: number;
+  private readonly framer: MqttFramer;
+  private unflushedBytes = 0;
+  private disconnectSeen = false;
+
+  constructor(
+    readonly socket: Socket,
+    private readonly host: DeviceHost,
+  ) {
+    this.acceptedAt = this.lastHeardAt = Date.now();
+    this.framer = new MqttFramer(host.maxPacketSize);
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onBytes(chunk));
+    socket.on('drain', () => this.onDrain());
+    socket.on('error', () => {
+      // 'close' follows and decides; a reset device is an abrupt disconnect.
+    });
+    socket.on('close', () => this.onSocketClosed());
+  }
+
+  /** Called by the agent's sweep; closes devices past their CONNECT timeout or keepalive. */
+  checkTimers(now: number, connectTimeoutMs: number): void {
+    if (this.state === 'awaiting-connect' && now - this.acceptedAt > connectTimeoutMs) {
+      this.fail('no CONNECT within the connect timeout');
+    } else if (this.state === 'attached' && this.keepaliveMs > 0 && now - this.lastHeardAt > this.keepaliveMs * KEEPALIVE_GRACE) {
+      this.fail('keepalive expired');
+    }
+  }
+
+  // hub → device
+  data(payload: Buffer): void {
+    if (this.state === 'closed') {
+      this.stream?.consume(payload.length);
+      return;
+    }
+    if (this.host.batcher.write(this.socket, payload)) {
+      this.stream?.consume(payload.length);
+    } else {
+      // The device is not reading: hold the credit back so the hub stops sending.
+      this.unflushedBytes += payload.length;
+    }
+  }
+
+  writable(): void {
+    if (this.state === 'attached') this.socket.resume();
+  }
+
+  /** The hub ended the session (DISCONNECT handled, takeover, refusal): flush and close. */
+  closeFromHub(reason: string): void {
+    if (this.state === 'closed' || this.state === 'draining') return;
+    this.host.log.debug({ clientId: this.clientId, reason }, 'hub closed the device session');
+    this.state = 'draining';
+    this.stream?.close();
+    this.socket.end();
+  }
+
+  /** The tunnel under this device is gone and cannot be resumed. */
+  tunnelLost(reason: string): void {
+    this.stream?.close();
+    this.fail(`tunnel lost: ${reason}`);
+  }
+
+  private onBytes(chunk: Buffer): void {
+    this.lastHeardAt = Date.now();
+    try {
+      this.framer.push(chunk, (packet) => this.onPacket(packet));
+    } catch (err) {
+      this.fail(isEdgemuxError(err) ? `${err.code}: ${err.message}` : String(err));
+    }
+  }
+
+  private onPacket(packet: Buffer): void {
+    const type = packetTypeOf(packet);
+    if (this.state === 'attached') {
+      if (type === PacketType.PINGREQ) {
+        this.host.batcher.write(this.socket, PINGRESP_BYTES);
+        return;
+      }
+      if (type === PacketType.CONNECT) {
+        // MQTT 3.1.1 §3.1.0: a second CONNECT is a protocol violation.
+        this.fail('second CONNECT on one connection');
+        return;
+      }
+      if (type === PacketType.DISCONNECT) this.disconnectSeen = true;
+      if (!this.stream!.write(packet)) this.socket.pause();
+      return;
+    }
+    if (this.state === 'awaiting-connect') {
+      if (type !== PacketType.CONNECT) {
+        this.fail(`first packet is type ${type}, not CONNECT`);
+        return;
+      }
+      this.onConnect(packet);
+    }
+    // draining or closed: the device has nothing more to say.
+  }
+
+  private onConnect(packet: Buffer): void {
+    const verdict = admitConnect(packet, this.host.assignedIdPrefix);
+    if (!verdict.ok) {
+      this.host.log.info({ remote: this.socket.remoteAddress, reason: verdict.reason }, 'device refused');
+      this.state = 'draining';
+      this.socket.end(verdict.connack);
+      return;
+    }
+    const { connect } = verdict;
+    this.clientId = connect.clientId;
+    this.keepaliveMs = connect.keepaliveSeconds * 1000;
+    const stream = this.host.openStream(this, connect);
+    if (stream === null) {
+      this.fail('no tunnel to the hub is up');
+      return;
+    }
+    this.stream = stream;
+    this.state = 'attached';
+  }
+
+  private onDrain(): void {
+    if (this.unflushedBytes === 0) return;
+    const bytes = this.unflushedBytes;
+    this.unflushedBytes = 0;
+    this.stream?.consume(bytes);
+  }
+
+  private fail(reason: string): void {
+    if (this.state === 'closed') return;
+    this.host.log.info({ clientId: this.clientId, remote: this.socket.remoteAddress, reason }, 'closing device');
+    this.socket.destroy();
+    this.onSocketClosed(reason);
+  }
+
+  private onSocketClosed(reason = 'device closed the connection'): void {
+    if (this.state === 'closed') return;
+    const wasAttached = this.state === 'attached';
+    this.state = 'closed';
+    if (wasAttached && this.stream !== null && this.stream.state === 'open') {
+      this.host.closeStream(this.stream, reason, !this.disconnectSeen);
+    }
+    this.host.deviceClosed(this);
+  }
+}

@@ -1,0 +1,197 @@
+import { EventEmitter } from 'node:events';
+import tls from 'node:tls';
+import { Backoff } from '../shared/backoff.js';
+import { type ControlFrame, FrameType, PROTOCOL_VERSION } from '../shared/frame-codec.js';
+import type { Logger } from '../shared/logger.js';
+import { Tunnel } from '../shared/tunnel.js';
+import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
+
+export interface HubAddress {
+  host: string;
+  port: number;
+}
+
+export interface TunnelPoolOptions {
+  agentId: string;
+  hubs: HubAddress[];
+  tunnels: number;
+  tls: { ca: string; cert: string; key: string };
+  /** Name the hub certificate must carry; defaults to the host being dialled. */
+  serverName?: string;
+  streamWindow: number;
+  maxFramePayload: number;
+  heartbeatMs: number;
+  deadAfterMs: number;
+  backoffInitialMs: number;
+  backoffMaxMs: number;
+  log: Logger;
+}
+
+export interface TunnelPoolEvents {
+  up: [tunnel: Tunnel, slot: number];
+  down: [tunnel: Tunnel, slot: number, reason: string];
+  control: [tunnel: Tunnel, frame: ControlFrame];
+}
+
+interface Slot {
+  index: number;
+  tunnel: Tunnel | null;
+  /** Set once the hub answered HELLO. */
+  ready: boolean;
+  /** Window the hub grants new streams, from its HELLO. */
+  hubStreamWindow: number;
+  backoff: Backoff;
+  retry: NodeJS.Timeout | null;
+  hubCursor: number;
+}
+
+/**
+ * K tunnels to the hub(s), each kept up with reconnects under exponential
+ * backoff and jitter. Devices are placed by a hash of their client ID so a
+ * device lands on the same tunnel while the pool is whole.
+ */
+export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
+  private readonly slots: Slot[];
+  private stopped = false;
+  /** TLS connections opened so far; each is one WAN connection. */
+  connectionsOpened = 0;
+
+  constructor(private readonly options: TunnelPoolOptions) {
+    super();
+    this.slots = Array.from({ length: options.tunnels }, (_, index) => ({
+      index,
+      tunnel: null,
+      ready: false,
+      hubStreamWindow: options.streamWindow,
+      backoff: new Backoff({ initialMs: options.backoffInitialMs, maxMs: options.backoffMaxMs }),
+      retry: null,
+      hubCursor: index % options.hubs.length,
+    }));
+  }
+
+  start(): void {
+    for (const slot of this.slots) this.dial(slot);
+  }
+
+  /** Resolves once at least `count` tunnels are ready. */
+  async waitForTunnels(count = 1, timeoutMs = 10_000): Promise<void> {
+    if (this.readyCount >= count) return;
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.off('up', onUp);
+        reject(new Error(`only ${this.readyCount} of ${count} tunnels came up within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const onUp = (): void => {
+        if (this.readyCount < count) return;
+        clearTimeout(timer);
+        this.off('up', onUp);
+        resolve();
+      };
+      this.on('up', onUp);
+    });
+  }
+
+  get readyCount(): number {
+    return this.slots.filter((slot) => slot.ready).length;
+  }
+
+  /** The ready tunnel for this client ID, or null when none is up. */
+  pick(clientId: string): { tunnel: Tunnel; hubStreamWindow: number } | null {
+    const start = hashClientId(clientId) % this.slots.length;
+    for (let i = 0; i < this.slots.length; i++) {
+      const slot = this.slots[(start + i) % this.slots.length];
+      if (slot.ready && slot.tunnel !== null) return { tunnel: slot.tunnel, hubStreamWindow: slot.hubStreamWindow };
+    }
+    return null;
+  }
+
+  get bytesIn(): number {
+    return this.slots.reduce((sum, slot) => sum + (slot.tunnel?.bytesIn ?? 0), 0);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const slot of this.slots) {
+      if (slot.retry !== null) clearTimeout(slot.retry);
+      slot.tunnel?.close('agent shutting down');
+    }
+  }
+
+  private dial(slot: Slot): void {
+    if (this.stopped) return;
+    const hub = this.options.hubs[slot.hubCursor];
+    const log = this.options.log.child({ tunnel: slot.index, hub: `${hub.host}:${hub.port}` });
+    const socket = tls.connect({
+      host: hub.host,
+      port: hub.port,
+      ca: this.options.tls.ca,
+      cert: this.options.tls.cert,
+      key: this.options.tls.key,
+      servername: this.options.serverName ?? (isIpAddress(hub.host) ? undefined : hub.host),
+      minVersion: 'TLSv1.3',
+    });
+    this.connectionsOpened++;
+    socket.setNoDelay(true);
+    const tunnel = new Tunnel(socket, {
+      maxFramePayload: this.options.maxFramePayload,
+      heartbeatMs: this.options.heartbeatMs,
+      deadAfterMs: this.options.deadAfterMs,
+      highWaterBytes: TUNNEL_DEFAULTS.highWaterBytes,
+      log,
+    });
+    slot.tunnel = tunnel;
+    const helloTimer = setTimeout(() => tunnel.close('no HELLO from hub in time'), TUNNEL_DEFAULTS.helloTimeoutMs);
+    socket.once('secureConnect', () => {
+      tunnel.send({
+        type: FrameType.HELLO,
+        streamId: 0,
+        body: { version: PROTOCOL_VERSION, role: 'agent', id: this.options.agentId, heartbeatMs: this.options.heartbeatMs, streamWindow: this.options.streamWindow },
+      });
+    });
+    tunnel.on('control', (frame) => {
+      if (frame.type === FrameType.HELLO) {
+        clearTimeout(helloTimer);
+        slot.ready = true;
+        slot.hubStreamWindow = frame.body.streamWindow;
+        slot.backoff.reset();
+        log.info({ hubId: frame.body.id }, 'tunnel up');
+        this.emit('up', tunnel, slot.index);
+        return;
+      }
+      this.emit('control', tunnel, frame);
+    });
+    tunnel.on('closed', (reason) => {
+      clearTimeout(helloTimer);
+      const wasReady = slot.ready;
+      slot.ready = false;
+      slot.tunnel = null;
+      if (wasReady) {
+        log.warn({ reason }, 'tunnel down');
+        this.emit('down', tunnel, slot.index, reason);
+      } else {
+        log.warn({ reason }, 'tunnel failed to come up');
+      }
+      if (this.stopped) return;
+      slot.hubCursor = (slot.hubCursor + 1) % this.options.hubs.length;
+      const delay = slot.backoff.nextDelayMs();
+      slot.retry = setTimeout(() => {
+        slot.retry = null;
+        this.dial(slot);
+      }, delay);
+    });
+  }
+}
+
+/** FNV-1a: cheap, stable across processes and platforms. */
+export function hashClientId(clientId: string): number {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < clientId.length; i++) {
+    hash ^= clientId.charCodeAt(i);
+    hash = Math.imul(hash, 0x01000193);
+  }
+  return hash >>> 0;
+}
+
+function isIpAddress(host: string): boolean {
+  return /^[\d.]+$/.test(host) || host.includes(':');
+}

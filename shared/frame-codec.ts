@@ -1,0 +1,261 @@
+import { Packr } from 'msgpackr';
+import { EdgemuxError } from './errors.js';
+
+/**
+ * Tunnel wire format (docs/protocol.md). Every frame starts with a 9-byte
+ * header: type (u8), stream id (u32 BE), payload length (u32 BE).
+ * DATA payloads are raw MQTT bytes; ACK payloads are an 8-byte offset;
+ * control payloads are msgpack maps.
+ */
+export const FrameType = {
+  DATA: 0,
+  ACK: 1,
+  HELLO: 2,
+  OPEN: 3,
+  ACCEPT: 4,
+  RESUME: 5,
+  CLOSE: 6,
+  PING: 7,
+  PONG: 8,
+} as const;
+export type FrameTypeCode = (typeof FrameType)[keyof typeof FrameType];
+
+export const FRAME_HEADER_SIZE = 9;
+export const ACK_PAYLOAD_SIZE = 8;
+export const PROTOCOL_VERSION = 1;
+const TWO_POW_32 = 0x1_0000_0000;
+
+export interface HelloBody {
+  version: number;
+  role: 'agent' | 'hub';
+  id: string;
+  /** Interval at which the sender pings; the peer declares it dead after 3 missed. */
+  heartbeatMs: number;
+  /** Credit window the sender grants each new stream until OPEN/ACCEPT says otherwise. */
+  streamWindow: number;
+}
+
+export interface OpenBody {
+  clientId: string;
+  /** Bytes the opener is prepared to receive before it acknowledges (its credit window). */
+  window: number;
+  keepalive: number;
+  protocolVersion: number;
+  cleanSession: boolean;
+  username?: string;
+}
+
+export interface AcceptBody {
+  window: number;
+  /** Bytes of this stream the sender has received (used by RESUME). */
+  received: number;
+}
+
+export interface ResumeBody {
+  clientId: string;
+  window: number;
+  received: number;
+}
+
+export interface CloseBody {
+  reason: string;
+  /** True when the stream ends without an MQTT DISCONNECT: the broker publishes the will. */
+  abrupt: boolean;
+}
+
+export interface PingBody {
+  sentAt: number;
+}
+
+export type ControlFrame =
+  | { type: typeof FrameType.HELLO; streamId: number; body: HelloBody }
+  | { type: typeof FrameType.OPEN; streamId: number; body: OpenBody }
+  | { type: typeof FrameType.ACCEPT; streamId: number; body: AcceptBody }
+  | { type: typeof FrameType.RESUME; streamId: number; body: ResumeBody }
+  | { type: typeof FrameType.CLOSE; streamId: number; body: CloseBody }
+  | { type: typeof FrameType.PING; streamId: number; body: PingBody }
+  | { type: typeof FrameType.PONG; streamId: number; body: PingBody };
+
+export type Frame =
+  | { type: typeof FrameType.DATA; streamId: number; payload: Buffer }
+  | { type: typeof FrameType.ACK; streamId: number; consumed: number }
+  | ControlFrame;
+
+/** Receives decoded frames; DATA and ACK come as arguments so the hot path allocates nothing. */
+export interface FrameHandler {
+  data(streamId: number, payload: Buffer): void;
+  ack(streamId: number, consumed: number): void;
+  control(frame: ControlFrame): void;
+}
+
+const packr = new Packr({ useRecords: false, moreTypes: false });
+
+export function writeFrameHeader(target: Buffer, offset: number, type: number, streamId: number, length: number): void {
+  target[offset] = type;
+  target.writeUInt32BE(streamId >>> 0, offset + 1);
+  target.writeUInt32BE(length >>> 0, offset + 5);
+}
+
+export function writeAckFrame(target: Buffer, offset: number, streamId: number, consumed: number): void {
+  writeFrameHeader(target, offset, FrameType.ACK, streamId, ACK_PAYLOAD_SIZE);
+  target.writeUInt32BE(Math.floor(consumed / TWO_POW_32), offset + FRAME_HEADER_SIZE);
+  target.writeUInt32BE(consumed >>> 0, offset + FRAME_HEADER_SIZE + 4);
+}
+
+export function encodeControlFrame(frame: ControlFrame): Buffer {
+  const body: Buffer = packr.pack(frame.body);
+  const out = Buffer.allocUnsafe(FRAME_HEADER_SIZE + body.length);
+  writeFrameHeader(out, 0, frame.type, frame.streamId, body.length);
+  body.copy(out, FRAME_HEADER_SIZE);
+  return out;
+}
+
+/** Whole-frame encoder for any frame; the data path writes headers in place instead. */
+export function encodeFrame(frame: Frame): Buffer {
+  if (frame.type === FrameType.DATA) {
+    const out = Buffer.allocUnsafe(FRAME_HEADER_SIZE + frame.payload.length);
+    writeFrameHeader(out, 0, FrameType.DATA, frame.streamId, frame.payload.length);
+    frame.payload.copy(out, FRAME_HEADER_SIZE);
+    return out;
+  }
+  if (frame.type === FrameType.ACK) {
+    const out = Buffer.allocUnsafe(FRAME_HEADER_SIZE + ACK_PAYLOAD_SIZE);
+    writeAckFrame(out, 0, frame.streamId, frame.consumed);
+    return out;
+  }
+  return encodeControlFrame(frame);
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function requireFields(type: number, body: Record<string, unknown>, fields: Record<string, 'string' | 'number' | 'boolean'>): void {
+  for (const [name, kind] of Object.entries(fields)) {
+    if (typeof body[name] !== kind) {
+      throw new EdgemuxError('E_FRAME_MALFORMED', `control frame type ${type}: field ${name} must be a ${kind}`);
+    }
+  }
+}
+
+const CONTROL_FIELDS: Record<number, Record<string, 'string' | 'number' | 'boolean'>> = {
+  [FrameType.HELLO]: { version: 'number', role: 'string', id: 'string', heartbeatMs: 'number', streamWindow: 'number' },
+  [FrameType.OPEN]: { clientId: 'string', window: 'number', keepalive: 'number', protocolVersion: 'number', cleanSession: 'boolean' },
+  [FrameType.ACCEPT]: { window: 'number', received: 'number' },
+  [FrameType.RESUME]: { clientId: 'string', window: 'number', received: 'number' },
+  [FrameType.CLOSE]: { reason: 'string', abrupt: 'boolean' },
+  [FrameType.PING]: { sentAt: 'number' },
+  [FrameType.PONG]: { sentAt: 'number' },
+};
+
+export function decodeControlBody(type: number, streamId: number, payload: Buffer): ControlFrame {
+  const fields = CONTROL_FIELDS[type];
+  if (fields === undefined) {
+    throw new EdgemuxError('E_FRAME_BAD_TYPE', `unknown frame type ${type}`);
+  }
+  let body: unknown;
+  try {
+    body = packr.unpack(payload);
+  } catch (err) {
+    throw new EdgemuxError('E_FRAME_MALFORMED', `control frame type ${type}: payload is not msgpack`, { cause: err });
+  }
+  if (!isRecord(body)) {
+    throw new EdgemuxError('E_FRAME_MALFORMED', `control frame type ${type}: payload is not a map`);
+  }
+  requireFields(type, body, fields);
+  return { type, streamId, body } as unknown as ControlFrame;
+}
+
+/**
+ * Streaming frame decoder. Frames inside one chunk are handed out as views;
+ * a frame that straddles chunks is assembled once into a buffer of its size.
+ */
+export class FrameDecoder {
+  private partial: Buffer | null = null;
+  private partialLength = 0;
+  private expected = 0;
+
+  constructor(private readonly maxPayload: number) {}
+
+  /** Bytes held for a frame that has not fully arrived. */
+  get pendingBytes(): number {
+    return this.partialLength;
+  }
+
+  push(chunk: Buffer, handler: FrameHandler): void {
+    let offset = 0;
+    if (this.partial !== null) {
+      if (this.expected === 0) {
+        chunk = Buffer.concat([this.partial.subarray(0, this.partialLength), chunk]);
+        this.partial = null;
+        this.partialLength = 0;
+      } else {
+        const take = Math.min(this.expected - this.partialLength, chunk.length);
+        chunk.copy(this.partial, this.partialLength, 0, take);
+        this.partialLength += take;
+        offset = take;
+        if (this.partialLength < this.expected) return;
+        const frame = this.partial;
+        this.partial = null;
+        this.partialLength = 0;
+        this.expected = 0;
+        this.dispatch(frame, 0, frame.length, handler);
+      }
+    }
+    while (offset < chunk.length) {
+      if (chunk.length - offset < FRAME_HEADER_SIZE) {
+        this.partial = Buffer.from(chunk.subarray(offset));
+        this.partialLength = this.partial.length;
+        return;
+      }
+      const length = chunk.readUInt32BE(offset + 5);
+      if (length > this.maxPayload) {
+        throw new EdgemuxError('E_FRAME_TOO_LARGE', `frame payload of ${length} bytes exceeds the maximum of ${this.maxPayload}`);
+      }
+      const size = FRAME_HEADER_SIZE + length;
+      if (offset + size <= chunk.length) {
+        this.dispatch(chunk, offset, offset + size, handler);
+        offset += size;
+      } else {
+        this.partial = Buffer.allocUnsafe(size);
+        chunk.copy(this.partial, 0, offset);
+        this.partialLength = chunk.length - offset;
+        this.expected = size;
+        return;
+      }
+    }
+  }
+
+  private dispatch(buf: Buffer, start: number, end: number, handler: FrameHandler): void {
+    const type = buf[start];
+    const streamId = buf.readUInt32BE(start + 1);
+    const payloadStart = start + FRAME_HEADER_SIZE;
+    if (type === FrameType.DATA) {
+      handler.data(streamId, buf.subarray(payloadStart, end));
+      return;
+    }
+    if (type === FrameType.ACK) {
+      if (end - payloadStart !== ACK_PAYLOAD_SIZE) {
+        throw new EdgemuxError('E_FRAME_MALFORMED', `ACK payload must be ${ACK_PAYLOAD_SIZE} bytes`);
+      }
+      handler.ack(streamId, buf.readUInt32BE(payloadStart) * TWO_POW_32 + buf.readUInt32BE(payloadStart + 4));
+      return;
+    }
+    handler.control(decodeControlBody(type, streamId, buf.subarray(payloadStart, end)));
+  }
+}
+
+/** Decodes a complete byte sequence into frame values; for tests and tools, not the data path. */
+export function decodeFrames(bytes: Buffer, maxPayload: number): Frame[] {
+  const frames: Frame[] = [];
+  const decoder = new FrameDecoder(maxPayload);
+  decoder.push(bytes, {
+    data: (streamId, payload) => frames.push({ type: FrameType.DATA, streamId, payload: Buffer.from(payload) }),
+    ack: (streamId, consumed) => frames.push({ type: FrameType.ACK, streamId, consumed }),
+    control: (frame) => frames.push(frame),
+  });
+  if (decoder.pendingBytes > 0) {
+    throw new EdgemuxError('E_FRAME_MALFORMED', `truncated frame: ${decoder.pendingBytes} bytes left over`);
+  }
+  return frames;
+}

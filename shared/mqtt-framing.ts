@@ -1,0 +1,123 @@
+import { EdgemuxError } from './errors.js';
+
+/** MQTT control packet types (MQTT 3.1.1 §2.2.1, MQTT 5 §2.1.2). */
+export const PacketType = {
+  CONNECT: 1,
+  CONNACK: 2,
+  PUBLISH: 3,
+  PUBACK: 4,
+  PUBREC: 5,
+  PUBREL: 6,
+  PUBCOMP: 7,
+  SUBSCRIBE: 8,
+  SUBACK: 9,
+  UNSUBSCRIBE: 10,
+  UNSUBACK: 11,
+  PINGREQ: 12,
+  PINGRESP: 13,
+  DISCONNECT: 14,
+  AUTH: 15,
+} as const;
+
+export const PINGREQ_BYTES: Buffer = Buffer.from([0xc0, 0x00]);
+export const PINGRESP_BYTES: Buffer = Buffer.from([0xd0, 0x00]);
+
+/** Largest remaining length MQTT can express in four bytes (§2.2.3). */
+export const MAX_REMAINING_LENGTH = 268_435_455;
+
+export function packetTypeOf(packet: Buffer): number {
+  return packet[0] >> 4;
+}
+
+/**
+ * Reads a fixed header at `offset`. Returns the whole packet's size in bytes,
+ * or -1 when the header is not complete yet. Throws on a remaining length
+ * that runs past four bytes (§2.2.3) or a packet over `maxPacketSize`.
+ */
+export function wholePacketSize(buf: Buffer, offset: number, maxPacketSize: number): number {
+  if (offset >= buf.length) return -1;
+  if (buf[offset] >> 4 === 0) {
+    throw new EdgemuxError('E_MQTT_BAD_PACKET_TYPE', 'packet type 0 is reserved');
+  }
+  let remaining = 0;
+  let multiplier = 1;
+  for (let i = 1; i <= 4; i++) {
+    const at = offset + i;
+    if (at >= buf.length) return -1;
+    const byte = buf[at];
+    remaining += (byte & 0x7f) * multiplier;
+    if ((byte & 0x80) === 0) {
+      const size = 1 + i + remaining;
+      if (size > maxPacketSize) {
+        throw new EdgemuxError(
+          'E_MQTT_PACKET_TOO_LARGE',
+          `packet of ${size} bytes exceeds the maximum of ${maxPacketSize}`,
+        );
+      }
+      return size;
+    }
+    multiplier *= 128;
+  }
+  throw new EdgemuxError('E_MQTT_BAD_REMAINING_LENGTH', 'remaining length runs past four bytes');
+}
+
+/**
+ * Splits a byte stream into whole MQTT packets without parsing payloads.
+ * Packets inside one chunk are handed out as views of that chunk; only a
+ * packet that straddles chunks is copied, once, into a buffer of its size.
+ */
+export class MqttFramer {
+  private partial: Buffer | null = null;
+  private partialLength = 0;
+  /** Size of the packet being assembled in `partial`; 0 while its header is incomplete. */
+  private expected = 0;
+
+  constructor(private readonly maxPacketSize: number) {}
+
+  /** Bytes held for a packet that has not fully arrived. */
+  get buffered(): number {
+    return this.partialLength;
+  }
+
+  push(chunk: Buffer, onPacket: (packet: Buffer) => void): void {
+    let offset = 0;
+    if (this.partial !== null) {
+      if (this.expected === 0) {
+        // At most four header bytes are held back, so this copy is tiny.
+        chunk = Buffer.concat([this.partial.subarray(0, this.partialLength), chunk]);
+        this.partial = null;
+        this.partialLength = 0;
+      } else {
+        const take = Math.min(this.expected - this.partialLength, chunk.length);
+        chunk.copy(this.partial, this.partialLength, 0, take);
+        this.partialLength += take;
+        offset = take;
+        if (this.partialLength < this.expected) return;
+        const packet = this.partial;
+        this.partial = null;
+        this.partialLength = 0;
+        this.expected = 0;
+        onPacket(packet);
+      }
+    }
+    while (offset < chunk.length) {
+      const size = wholePacketSize(chunk, offset, this.maxPacketSize);
+      if (size < 0) {
+        this.partial = Buffer.from(chunk.subarray(offset));
+        this.partialLength = this.partial.length;
+        this.expected = 0;
+        return;
+      }
+      if (offset + size <= chunk.length) {
+        onPacket(chunk.subarray(offset, offset + size));
+        offset += size;
+      } else {
+        this.partial = Buffer.allocUnsafe(size);
+        chunk.copy(this.partial, 0, offset);
+        this.partialLength = chunk.length - offset;
+        this.expected = size;
+        return;
+      }
+    }
+  }
+}

@@ -1,0 +1,12 @@
+/** Protocol defaults both sides agree on unless configured otherwise (docs/protocol.md). */
+export const TUNNEL_DEFAULTS = {
+  /** Per-stream credit window in bytes: enough for a burst of ~1000 small publishes per device. */
+  streamWindow: 64 * 1024,
+  /** Largest frame payload; one MQTT packet never spans frames, so this caps packet size too. */
+  maxFramePayload: 1024 * 1024,
+  heartbeatMs: 5_000,
+  deadAfterMs: 15_000,
+  /** Tunnel socket buffer above which streams pause their sources. */
+  highWaterBytes: 1024 * 1024,
+  helloTimeoutMs: 10_000,
+} as const;

@@ -1,0 +1,142 @@
+import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
+import { isEdgemuxError } from './errors.js';
+import { type ControlFrame, encodeControlFrame, FrameDecoder, type FrameHandler, FrameType } from './frame-codec.js';
+import { FrameWriter } from './frame-writer.js';
+import type { Logger } from './logger.js';
+import type { MuxStream, StreamCarrier } from './mux-stream.js';
+
+export interface TunnelOptions {
+  /** Largest frame payload accepted from the peer. */
+  maxFramePayload: number;
+  /** How often this side sends PING. */
+  heartbeatMs: number;
+  /** Silence after which the peer is declared dead, even if TCP never reports it. */
+  deadAfterMs: number;
+  /** Socket buffer above which the tunnel counts as congested and streams pause their sources. */
+  highWaterBytes: number;
+  log: Logger;
+}
+
+export interface TunnelEvents {
+  control: [frame: ControlFrame];
+  closed: [reason: string];
+}
+
+/**
+ * One multiplexed connection: frame decoding, gathered writes, heartbeat and
+ * dispatch of DATA/ACK to the streams riding on it. Stream lifecycle (OPEN,
+ * CLOSE, RESUME) is left to the owner through 'control' events.
+ */
+export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier {
+  readonly streams = new Map<number, MuxStream>();
+  bytesIn = 0;
+  closedReason: string | null = null;
+  private readonly writer: FrameWriter;
+  private readonly decoder: FrameDecoder;
+  private readonly drainWaiters = new Set<MuxStream>();
+  private lastReceivedAt = Date.now();
+  private readonly heartbeat: NodeJS.Timeout;
+  private readonly handler: FrameHandler;
+
+  constructor(
+    readonly socket: Duplex,
+    private readonly options: TunnelOptions,
+  ) {
+    super();
+    this.writer = new FrameWriter(socket);
+    this.decoder = new FrameDecoder(options.maxFramePayload);
+    this.handler = {
+      data: (streamId, payload) => this.streams.get(streamId)?.onData(payload),
+      ack: (streamId, consumed) => this.streams.get(streamId)?.onAck(consumed),
+      control: (frame) => this.onControl(frame),
+    };
+    socket.on('data', (chunk: Buffer) => this.onBytes(chunk));
+    socket.on('drain', () => this.onDrain());
+    socket.on('error', (err) => this.close(`socket error: ${err.message}`));
+    socket.on('close', () => this.close('socket closed'));
+    socket.on('end', () => this.close('peer ended the connection'));
+    this.heartbeat = setInterval(() => this.beat(), options.heartbeatMs);
+    this.heartbeat.unref();
+  }
+
+  get congested(): boolean {
+    return this.socket.writableLength > this.options.highWaterBytes;
+  }
+
+  get isOpen(): boolean {
+    return this.closedReason === null;
+  }
+
+  send(frame: ControlFrame): void {
+    if (this.closedReason !== null) return;
+    this.writer.raw(encodeControlFrame(frame));
+  }
+
+  sendData(streamId: number, payload: Buffer): void {
+    if (this.closedReason !== null) return;
+    this.writer.data(streamId, payload);
+  }
+
+  sendAck(streamId: number, consumed: number): void {
+    if (this.closedReason !== null) return;
+    this.writer.ack(streamId, consumed);
+  }
+
+  waitForDrain(stream: MuxStream): void {
+    this.drainWaiters.add(stream);
+  }
+
+  close(reason: string): void {
+    if (this.closedReason !== null) return;
+    this.closedReason = reason;
+    clearInterval(this.heartbeat);
+    this.writer.flush();
+    this.socket.destroy();
+    this.drainWaiters.clear();
+    this.emit('closed', reason);
+  }
+
+  private onBytes(chunk: Buffer): void {
+    this.lastReceivedAt = Date.now();
+    this.bytesIn += chunk.length;
+    try {
+      this.decoder.push(chunk, this.handler);
+    } catch (err) {
+      const reason = isEdgemuxError(err) ? `${err.code}: ${err.message}` : String(err);
+      this.options.log.warn({ reason }, 'closing tunnel on bad input');
+      this.close(reason);
+    }
+  }
+
+  private onControl(frame: ControlFrame): void {
+    if (frame.type === FrameType.PING) {
+      this.send({ type: FrameType.PONG, streamId: 0, body: frame.body });
+      return;
+    }
+    if (frame.type === FrameType.PONG) return;
+    this.emit('control', frame);
+  }
+
+  private onDrain(): void {
+    if (this.drainWaiters.size === 0) return;
+    const waiters = [...this.drainWaiters];
+    this.drainWaiters.clear();
+    for (const stream of waiters) {
+      if (this.congested) {
+        this.drainWaiters.add(stream);
+      } else {
+        stream.resumeWriting();
+      }
+    }
+  }
+
+  private beat(): void {
+    if (Date.now() - this.lastReceivedAt > this.options.deadAfterMs) {
+      this.options.log.warn({ silentMs: Date.now() - this.lastReceivedAt }, 'peer silent past the dead-peer limit');
+      this.close('heartbeat timeout');
+      return;
+    }
+    this.send({ type: FrameType.PING, streamId: 0, body: { sentAt: Date.now() } });
+  }
+}
