@@ -1,0 +1,29 @@
+import { z } from 'zod';
+import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
+
+const port = z.number().int().min(0).max(65535);
+
+export const hubConfigSchema = z.strictObject({
+  hubId: z.string().min(1).default('hub-1'),
+  tunnel: z.strictObject({ host: z.string().default('0.0.0.0'), port: port.default(8883) }).prefault({}),
+  app: z.strictObject({ host: z.string().default('0.0.0.0'), port: port.default(1883) }).prefault({}),
+  tls: z
+    .strictObject({
+      ca: z.string().min(1, 'path to the CA certificate that signs agent certificates'),
+      cert: z.string().min(1, 'path to the hub certificate'),
+      key: z.string().min(1, 'path to the hub private key'),
+    })
+    .optional(),
+  /** A development PKI directory, created on first use; an alternative to `tls`. */
+  devPki: z.string().optional(),
+  streamWindow: z.number().int().min(1024).default(TUNNEL_DEFAULTS.streamWindow),
+  maxPacketSize: z.number().int().min(1024).max(268_435_460).default(TUNNEL_DEFAULTS.maxFramePayload),
+  heartbeatMs: z.number().int().min(100).default(TUNNEL_DEFAULTS.heartbeatMs),
+  deadAfterMs: z.number().int().min(300).default(TUNNEL_DEFAULTS.deadAfterMs),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+}).refine((config) => config.tls !== undefined || config.devPki !== undefined, {
+  message: 'set tls (ca, cert, key file paths) or devPki (a directory for a development PKI)',
+  path: ['tls'],
+});
+
+export type HubConfig = z.output<typeof hubConfigSchema>;

@@ -1,0 +1,69 @@
+#!/usr/bin/env node
+import { parseArgs } from 'node:util';
+import { numberFlag, onShutdown, runCli } from '../shared/cli-support.js';
+import { readConfigFile, validateConfig } from '../shared/config-loader.js';
+import { agentConfigSchema } from './config.js';
+import { startAgent } from './main.js';
+
+const HELP = `edge-agent: carries local MQTT devices over multiplexed TLS tunnels to a cloud hub
+
+Usage: edge-agent [options]
+  --config FILE        YAML configuration (flags override it)
+  --agent-id ID        this agent's name, the CN of its certificate (default agent-1)
+  --host HOST          address devices connect to (default 0.0.0.0)
+  --port PORT          MQTT port devices connect to (default 1883)
+  --hub HOST:PORT      a hub tunnel address; repeat for several hubs (default 127.0.0.1:8883)
+  --tunnels K          tunnels kept to the hubs (default 2)
+  --ca FILE --cert FILE --key FILE   TLS material (CA of the hub, agent certificate and key)
+  --server-name NAME   name the hub certificate must carry (default: the hub host)
+  --dev-pki DIR        create or reuse a development PKI in DIR instead of --ca/--cert/--key
+  --log-level LEVEL    fatal|error|warn|info|debug|trace|silent (default info)
+  -h, --help`;
+
+runCli(async () => {
+  const { values } = parseArgs({
+    options: {
+      config: { type: 'string' },
+      'agent-id': { type: 'string' },
+      host: { type: 'string' },
+      port: { type: 'string' },
+      hub: { type: 'string', multiple: true },
+      tunnels: { type: 'string' },
+      ca: { type: 'string' },
+      cert: { type: 'string' },
+      key: { type: 'string' },
+      'server-name': { type: 'string' },
+      'dev-pki': { type: 'string' },
+      'log-level': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(`${HELP}\n`);
+    return;
+  }
+  const fromFile = values.config ? readConfigFile(values.config) : {};
+  const tlsFlags =
+    values.ca || values.cert || values.key
+      ? { tls: { ca: values.ca, cert: values.cert, key: values.key, serverName: values['server-name'] } }
+      : {};
+  const config = validateConfig(
+    agentConfigSchema,
+    [
+      fromFile,
+      {
+        agentId: values['agent-id'],
+        listen: { host: values.host, port: numberFlag(values.port) },
+        hubs: values.hub,
+        tunnels: numberFlag(values.tunnels),
+        ...tlsFlags,
+        devPki: values['dev-pki'],
+        logLevel: values['log-level'],
+      },
+    ],
+    'edge-agent',
+  );
+  const agent = await startAgent(config);
+  onShutdown(() => agent.close());
+});

@@ -1,0 +1,35 @@
+import { z } from 'zod';
+import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
+
+const port = z.number().int().min(0).max(65535);
+const hostPort = z.string().regex(/^.+:\d{1,5}$/, 'expected host:port');
+
+export const agentConfigSchema = z.strictObject({
+  /** Defaults to the common name of the agent certificate. */
+  agentId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, dot, dash, underscore').default('agent-1'),
+  listen: z.strictObject({ host: z.string().default('0.0.0.0'), port: port.default(1883) }).prefault({}),
+  hubs: z.array(hostPort).min(1, 'name at least one hub as host:port').default(['127.0.0.1:8883']),
+  tunnels: z.number().int().min(1).max(16).default(2),
+  tls: z
+    .strictObject({
+      ca: z.string().min(1, 'path to the CA certificate that signed the hub certificate'),
+      cert: z.string().min(1, 'path to this agent certificate'),
+      key: z.string().min(1, 'path to this agent private key'),
+      serverName: z.string().optional(),
+    })
+    .optional(),
+  devPki: z.string().optional(),
+  streamWindow: z.number().int().min(1024).default(TUNNEL_DEFAULTS.streamWindow),
+  maxPacketSize: z.number().int().min(1024).max(268_435_460).default(TUNNEL_DEFAULTS.maxFramePayload),
+  connectTimeoutMs: z.number().int().min(100).default(10_000),
+  heartbeatMs: z.number().int().min(100).default(TUNNEL_DEFAULTS.heartbeatMs),
+  deadAfterMs: z.number().int().min(300).default(TUNNEL_DEFAULTS.deadAfterMs),
+  backoffInitialMs: z.number().int().min(10).default(250),
+  backoffMaxMs: z.number().int().min(100).default(30_000),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+}).refine((config) => config.tls !== undefined || config.devPki !== undefined, {
+  message: 'set tls (ca, cert, key file paths) or devPki (a directory for a development PKI)',
+  path: ['tls'],
+});
+
+export type AgentConfig = z.output<typeof agentConfigSchema>;
