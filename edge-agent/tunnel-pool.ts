@@ -91,6 +91,10 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     });
   }
 
+  get size(): number {
+    return this.slots.length;
+  }
+
   get readyCount(): number {
     return this.slots.filter((slot) => slot.ready).length;
   }

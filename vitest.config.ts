@@ -1,0 +1,11 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    testTimeout: 30_000,
+    hookTimeout: 30_000,
+    // Socket-heavy suites share two cores; running files one at a time keeps timings honest.
+    fileParallelism: false,
+  },
+});
