@@ -283,4 +283,32 @@ describe('firmware-sim against a misbehaving server', () => {
     for (const s of sockets) s.destroy();
     await new Promise<void>((resolve) => server.close(() => resolve()));
   });
+
+  it('skips telemetry instead of queueing when the server stops reading', async () => {
+    const sockets = new Set<net.Socket>();
+    const server = net.createServer((socket) => {
+      sockets.add(socket);
+      socket.on('error', () => {});
+      socket.once('data', () => {
+        socket.write(Buffer.from([0x20, 0x02, 0x00, 0x00]));
+        socket.once('data', () => {
+          socket.write(Buffer.from([0x90, 0x03, 0x00, 0x01, 0x00]));
+          socket.pause();
+        });
+      });
+    });
+    const port = await listen(server);
+    const payloadSize = 256 * 1024;
+    // The server never reads again, so an orderly close cannot finish; do not wait for it.
+    const fleet = new DeviceFleet({ port, devices: 1, ratePerDevice: 200, payloadSize, stopTimeoutMs: 100 });
+    await fleet.start();
+    await sleep(1000);
+    const stats = fleet.stats();
+    await fleet.stop();
+    for (const s of sockets) s.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    // ~200 owed in a second; kernel buffers take a few MB, the rest must be skipped.
+    expect(stats.skipped).toBeGreaterThan(50);
+    expect(stats.sent + stats.skipped).toBeGreaterThan(150);
+  });
 });
