@@ -8,7 +8,14 @@ import { BrokerPipe, type BrokerPipeOwner } from './broker-pipe.js';
 /** How long a broker may take to read a closed device's last bytes before the link is cut. */
 const BROKER_END_TIMEOUT_MS = 5000;
 
-export type SessionState = 'attached' | 'closed';
+/**
+ * attached: its stream runs over a live tunnel.
+ * detached: the tunnel is gone; the broker session stays up for the resume grace period.
+ * closed: the broker connection is ended.
+ */
+export type SessionState = 'attached' | 'detached' | 'closed';
+
+export type SessionStream = MuxStream<DeviceSession, Tunnel>;
 
 export interface DeviceSessionOptions {
   clientId: string;
@@ -30,13 +37,14 @@ export interface DeviceSessionOptions {
 export class DeviceSession implements StreamSink, BrokerPipeOwner {
   state: SessionState = 'attached';
   readonly pipe: BrokerPipe;
-  stream!: MuxStream<DeviceSession, Tunnel>;
-  tunnel!: Tunnel;
+  stream!: SessionStream;
+  detachedAt = 0;
   private lastToBrokerAt = Date.now();
   private readonly framer: MqttFramer;
   private creditHeldBack = 0;
   private pendingBrokerWrite: (() => void) | null = null;
-  private closedByAgent = false;
+  /** The broker ended the session while the stream was detached: tell the agent once it is back. */
+  private closeOnResume = false;
 
   constructor(private readonly options: DeviceSessionOptions) {
     this.framer = new MqttFramer(options.maxPacketSize);
@@ -47,8 +55,11 @@ export class DeviceSession implements StreamSink, BrokerPipeOwner {
     return this.options.clientId;
   }
 
-  bind(tunnel: Tunnel, stream: MuxStream<DeviceSession, Tunnel>): void {
-    this.tunnel = tunnel;
+  get agentId(): string {
+    return this.options.agentId;
+  }
+
+  bind(stream: SessionStream): void {
     this.stream = stream;
   }
 
@@ -98,41 +109,69 @@ export class DeviceSession implements StreamSink, BrokerPipeOwner {
     done();
   }
 
-  /** Called by the hub's sweep: keeps the broker's keepalive satisfied while the device is idle. */
+  /** Called by the hub's sweep: keeps the broker's keepalive satisfied while the device is idle or away. */
   keepBrokerAlive(now: number): void {
     const keepaliveMs = this.options.keepaliveSeconds * 1000;
-    if (this.state !== 'attached' || keepaliveMs === 0) return;
+    if (this.state === 'closed' || keepaliveMs === 0) return;
     if (now - this.lastToBrokerAt >= keepaliveMs / 2) {
       this.lastToBrokerAt = now;
       this.pipe.push(PINGREQ_BYTES);
     }
   }
 
+  /** The tunnel under the stream died: hold the broker session for the resume grace period. */
+  detach(now: number): void {
+    if (this.state !== 'attached') return;
+    this.state = 'detached';
+    this.detachedAt = now;
+    this.stream.detach();
+  }
+
+  /** The agent resumed the stream on `tunnel`; replays what the agent has not received. */
+  reattach(tunnel: Tunnel, agentReceived: number, agentWindow: number): void {
+    if (this.state === 'closed') return;
+    this.state = 'attached';
+    this.stream.attach(tunnel, agentReceived, agentWindow);
+    if (this.closeOnResume) this.brokerClosed();
+  }
+
   /** The agent closed the stream; `abrupt` means no DISCONNECT, so the broker must publish the will. */
   closeFromAgent(reason: string, abrupt: boolean): void {
     if (this.state === 'closed') return;
-    this.closedByAgent = true;
-    this.options.log.debug({ clientId: this.clientId, reason, abrupt }, 'device stream closed by agent');
-    // Ending (not destroying) lets the broker read what the device sent last.
-    // The broker itself publishes the will unless it saw a DISCONNECT, which
-    // is exactly the abrupt case; the timer only guards a broker that stopped reading.
-    this.pipe.push(null);
-    setTimeout(() => this.pipe.destroy(), BROKER_END_TIMEOUT_MS).unref();
-    this.finish();
+    this.options.log.debug({ clientId: this.clientId, reason, abrupt }, 'device session ended by agent');
+    this.endBrokerSide();
+  }
+
+  /** The resume grace period ran out: end the broker session as an abrupt disconnect, so the will is published. */
+  expire(): void {
+    if (this.state === 'closed') return;
+    this.options.log.info({ clientId: this.clientId, agentId: this.agentId, reason: 'resume grace period expired' }, 'device session ended');
+    this.endBrokerSide();
   }
 
   brokerClosed(): void {
     if (this.state === 'closed') return;
-    if (!this.closedByAgent) {
-      this.tunnel.send({ type: FrameType.CLOSE, streamId: this.stream.id, body: { reason: 'broker closed the session', abrupt: false } });
+    if (this.state === 'detached') {
+      this.closeOnResume = true;
+      return;
     }
+    this.stream.carrier?.send({ type: FrameType.CLOSE, streamId: this.stream.id, body: { reason: 'broker closed the session', abrupt: false } });
     this.finish();
+  }
+
+  private endBrokerSide(): void {
+    // Ending (not destroying) lets the broker read what the device sent last.
+    // The broker itself publishes the will unless it saw a DISCONNECT, which
+    // is exactly the abrupt case; the timer only guards a broker that stopped reading.
+    this.finish();
+    this.pipe.push(null);
+    setTimeout(() => this.pipe.destroy(), BROKER_END_TIMEOUT_MS).unref();
   }
 
   private finish(): void {
     this.state = 'closed';
+    this.stream.carrier?.streams.delete(this.stream.id);
     this.stream.close();
-    this.tunnel.streams.delete(this.stream.id);
     const done = this.pendingBrokerWrite;
     this.pendingBrokerWrite = null;
     done?.();

@@ -2,12 +2,12 @@ import type { AddressInfo } from 'node:net';
 import tls from 'node:tls';
 import mqttPacket from 'mqtt-packet';
 import type { Aedes } from 'aedes';
-import { type ControlFrame, FrameType, type OpenBody, PROTOCOL_VERSION } from '../shared/frame-codec.js';
+import { type ControlFrame, FrameType, type OpenBody, PROTOCOL_VERSION, type ResumeBody } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import { Tunnel } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
-import { DeviceSession } from './device-session.js';
+import { DeviceSession, type SessionStream } from './device-session.js';
 import { type EmbeddedBroker, startEmbeddedBroker } from './embedded-broker.js';
 
 export interface HubOptions {
@@ -21,15 +21,24 @@ export interface HubOptions {
   maxPacketSize: number;
   heartbeatMs: number;
   deadAfterMs: number;
+  /** How long a device session outlives its tunnel waiting for the agent to resume it. */
+  resumeGraceMs: number;
   log: Logger;
 }
-
-type SessionStream = MuxStream<DeviceSession, Tunnel>;
 
 export interface HubStats {
   agents: number;
   tunnels: number;
   sessions: number;
+  detached: number;
+}
+
+/** What the hub knows of one agent process: its streams outlive any one tunnel. */
+interface AgentRecord {
+  agentId: string;
+  instance: string;
+  streams: Map<number, SessionStream>;
+  tunnels: Set<Tunnel>;
 }
 
 /** MQTT 5 reason code 0x84, Unsupported Protocol Version (§3.2.2.2): aedes speaks 3.1.1 only. */
@@ -43,6 +52,7 @@ const SWEEP_INTERVAL_MS = 1000;
 export class CloudHub {
   readonly broker: Aedes;
   readonly sessions = new Set<DeviceSession>();
+  private readonly agents = new Map<string, AgentRecord>();
   private readonly tunnels = new Set<Tunnel>();
   private readonly sweep: NodeJS.Timeout;
 
@@ -91,9 +101,11 @@ export class CloudHub {
   }
 
   stats(): HubStats {
-    const agents = new Set<string>();
-    for (const tunnel of this.tunnels) agents.add(agentIdOf(tunnel));
-    return { agents: agents.size, tunnels: this.tunnels.size, sessions: this.sessions.size };
+    let detached = 0;
+    for (const session of this.sessions) if (session.state === 'detached') detached++;
+    let agents = 0;
+    for (const record of this.agents.values()) if (record.tunnels.size > 0) agents++;
+    return { agents, tunnels: this.tunnels.size, sessions: this.sessions.size, detached };
   }
 
   async close(): Promise<void> {
@@ -102,6 +114,7 @@ export class CloudHub {
       this.tunnelServer.close(() => resolve());
       for (const tunnel of this.tunnels) tunnel.close('hub shutting down');
     });
+    for (const session of [...this.sessions]) session.expire();
     await this.embedded.close();
   }
 
@@ -121,72 +134,101 @@ export class CloudHub {
       highWaterBytes: TUNNEL_DEFAULTS.highWaterBytes,
       log,
     });
-    tunnelAgents.set(tunnel, agentId);
-    let greeted = false;
+    let record: AgentRecord | null = null;
     const helloTimer = setTimeout(() => {
-      if (!greeted) tunnel.close('no HELLO in time');
+      if (record === null) tunnel.close('no HELLO in time');
     }, TUNNEL_DEFAULTS.helloTimeoutMs);
     this.tunnels.add(tunnel);
     tunnel.on('control', (frame) => {
       if (frame.type === FrameType.HELLO) {
-        greeted = true;
+        if (record !== null) {
+          tunnel.close('protocol violation: second HELLO');
+          return;
+        }
         clearTimeout(helloTimer);
+        record = this.registerAgent(agentId, frame.body.instance, log);
+        record.tunnels.add(tunnel);
         tunnel.send({
           type: FrameType.HELLO,
           streamId: 0,
-          body: { version: PROTOCOL_VERSION, role: 'hub', id: this.options.hubId, heartbeatMs: this.options.heartbeatMs, streamWindow: this.options.streamWindow },
+          body: {
+            version: PROTOCOL_VERSION,
+            role: 'hub',
+            id: this.options.hubId,
+            heartbeatMs: this.options.heartbeatMs,
+            streamWindow: this.options.streamWindow,
+            instance: this.options.hubId,
+          },
         });
         log.info('agent tunnel up');
         return;
       }
-      if (!greeted) {
+      if (record === null) {
         log.warn({ reason: `frame type ${frame.type} before HELLO` }, 'closing tunnel');
         tunnel.close('protocol violation: frame before HELLO');
         return;
       }
-      this.onStreamControl(tunnel, agentId, frame, log);
+      this.onStreamControl(tunnel, record, frame, log);
     });
     tunnel.on('closed', (reason) => {
       clearTimeout(helloTimer);
       this.tunnels.delete(tunnel);
-      log.info({ reason }, 'agent tunnel down');
-      for (const stream of [...tunnel.streams.values()]) {
-        (stream as SessionStream).sink.closeFromAgent(`tunnel lost: ${reason}`, true);
-      }
+      record?.tunnels.delete(tunnel);
+      log.info({ reason, streams: tunnel.streams.size }, 'agent tunnel down');
+      const now = Date.now();
+      for (const stream of tunnel.streams.values()) (stream as SessionStream).sink.detach(now);
+      tunnel.streams.clear();
     });
   }
 
-  private onStreamControl(tunnel: Tunnel, agentId: string, frame: ControlFrame, log: Logger): void {
+  /** A new instance of a known agent means the old process is gone: its sessions cannot resume. */
+  private registerAgent(agentId: string, instance: string, log: Logger): AgentRecord {
+    const known = this.agents.get(agentId);
+    if (known !== undefined && known.instance === instance) return known;
+    if (known !== undefined) {
+      log.info({ previousInstance: known.instance, sessions: known.streams.size }, 'agent restarted; ending its old sessions');
+      for (const stream of [...known.streams.values()]) stream.sink.expire();
+      for (const tunnel of known.tunnels) tunnel.close('agent restarted');
+    }
+    const record: AgentRecord = { agentId, instance, streams: new Map(), tunnels: new Set() };
+    this.agents.set(agentId, record);
+    return record;
+  }
+
+  private onStreamControl(tunnel: Tunnel, record: AgentRecord, frame: ControlFrame, log: Logger): void {
     switch (frame.type) {
       case FrameType.OPEN:
-        this.openSession(tunnel, agentId, frame.streamId, frame.body, log);
+        this.openSession(tunnel, record, frame.streamId, frame.body, log);
         return;
-      case FrameType.CLOSE: {
-        const stream = tunnel.streams.get(frame.streamId);
-        if (stream !== undefined) (stream as SessionStream).sink.closeFromAgent(frame.body.reason, frame.body.abrupt);
+      case FrameType.RESUME:
+        this.resumeSession(tunnel, record, frame.streamId, frame.body, log);
         return;
-      }
+      case FrameType.CLOSE:
+        record.streams.get(frame.streamId)?.sink.closeFromAgent(frame.body.reason, frame.body.abrupt);
+        return;
       default:
         log.warn({ streamId: frame.streamId, reason: `unexpected frame type ${frame.type}` }, 'ignoring frame');
     }
   }
 
-  private openSession(tunnel: Tunnel, agentId: string, streamId: number, open: OpenBody, log: Logger): void {
-    if (tunnel.streams.has(streamId)) {
+  private openSession(tunnel: Tunnel, record: AgentRecord, streamId: number, open: OpenBody, log: Logger): void {
+    if (record.streams.has(streamId)) {
       tunnel.close(`protocol violation: stream ${streamId} opened twice`);
       return;
     }
     const session = new DeviceSession({
       clientId: open.clientId,
-      agentId,
+      agentId: record.agentId,
       keepaliveSeconds: open.keepalive,
       maxPacketSize: this.options.maxPacketSize,
       log,
-      onClosed: (closed) => this.sessions.delete(closed),
+      onClosed: (closed) => {
+        this.sessions.delete(closed);
+        if (record.streams.get(streamId) === closed.stream) record.streams.delete(streamId);
+      },
     });
-    const stream = new MuxStream(streamId, tunnel, session, open.window, this.options.streamWindow, this.options.maxPacketSize);
-    session.bind(tunnel, stream);
-    tunnel.streams.set(streamId, stream);
+    const stream: SessionStream = new MuxStream(streamId, tunnel, session, open.window, this.options.streamWindow, this.options.maxPacketSize);
+    session.bind(stream);
     tunnel.send({ type: FrameType.ACCEPT, streamId, body: { window: this.options.streamWindow, received: 0 } });
     if (open.protocolVersion === 5) {
       log.info({ clientId: open.clientId, reason: 'MQTT 5 on the embedded 3.1.1 broker' }, 'device refused');
@@ -197,21 +239,37 @@ export class CloudHub {
       stream.write(connack);
       tunnel.send({ type: FrameType.CLOSE, streamId, body: { reason: 'unsupported protocol version', abrupt: false } });
       stream.close();
-      tunnel.streams.delete(streamId);
       return;
     }
+    tunnel.streams.set(streamId, stream);
+    record.streams.set(streamId, stream);
     this.sessions.add(session);
     this.broker.handle(session.pipe);
   }
 
+  private resumeSession(tunnel: Tunnel, record: AgentRecord, streamId: number, resume: ResumeBody, log: Logger): void {
+    const stream = record.streams.get(streamId);
+    if (stream === undefined || stream.sink.clientId !== resume.clientId || stream.sink.state === 'closed') {
+      log.info({ streamId, clientId: resume.clientId, reason: 'no such session on this hub' }, 'resume refused');
+      tunnel.send({ type: FrameType.CLOSE, streamId, body: { reason: 'unknown stream', abrupt: false } });
+      return;
+    }
+    // The agent may have given up on a tunnel this side still believes in.
+    if (stream.carrier !== null && stream.carrier !== tunnel) {
+      stream.carrier.streams.delete(streamId);
+      stream.sink.detach(Date.now());
+    }
+    tunnel.streams.set(streamId, stream);
+    tunnel.send({ type: FrameType.ACCEPT, streamId, body: { window: this.options.streamWindow, received: stream.receivedOffset } });
+    stream.sink.reattach(tunnel, resume.received, resume.window);
+    log.debug({ streamId, clientId: resume.clientId }, 'stream resumed');
+  }
+
   private sweepSessions(): void {
     const now = Date.now();
-    for (const session of this.sessions) session.keepBrokerAlive(now);
+    for (const session of this.sessions) {
+      if (session.state === 'detached' && now - session.detachedAt > this.options.resumeGraceMs) session.expire();
+      else session.keepBrokerAlive(now);
+    }
   }
-}
-
-const tunnelAgents = new WeakMap<Tunnel, string>();
-
-function agentIdOf(tunnel: Tunnel): string {
-  return tunnelAgents.get(tunnel) ?? 'unknown';
 }

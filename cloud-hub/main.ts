@@ -20,6 +20,7 @@ export async function startHub(config: HubConfig): Promise<CloudHub> {
     maxPacketSize: config.maxPacketSize,
     heartbeatMs: config.heartbeatMs,
     deadAfterMs: config.deadAfterMs,
+    resumeGraceMs: config.resumeGraceMs,
     log: createLogger('cloud-hub', config.logLevel),
   });
 }

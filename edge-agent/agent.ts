@@ -1,5 +1,5 @@
 import net, { type AddressInfo } from 'node:net';
-import { FrameType } from '../shared/frame-codec.js';
+import { type ControlFrame, FrameType } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import type { Tunnel } from '../shared/tunnel.js';
@@ -23,6 +23,8 @@ export interface AgentOptions {
   connectTimeoutMs: number;
   heartbeatMs: number;
   deadAfterMs: number;
+  /** How long a device stays connected while its stream waits to resume on a tunnel. */
+  resumeGraceMs: number;
   backoffInitialMs: number;
   backoffMaxMs: number;
   log: Logger;
@@ -31,15 +33,27 @@ export interface AgentOptions {
 export interface AgentStats {
   devices: number;
   attached: number;
+  /** Streams waiting for a tunnel to resume on. */
+  detached: number;
   tunnelsUp: number;
   wanConnections: number;
+  /** Device connections the agent closed or lost after CONNECT. */
+  deviceDisconnects: number;
+}
+
+/** A stream whose tunnel died: since when, which tunnel it asked to resume on, and a close it owes the hub. */
+interface Detachment {
+  since: number;
+  resumingOn: Tunnel | null;
+  pendingClose: { reason: string; abrupt: boolean } | null;
 }
 
 const SWEEP_INTERVAL_MS = 1000;
 
 /**
  * The edge side: accepts local MQTT devices and carries each one as a stream
- * over the tunnel pool to the hub.
+ * over the tunnel pool to the hub. When a tunnel dies its streams resume on
+ * another one; the devices never notice.
  */
 export class EdgeAgent implements DeviceHost {
   readonly batcher = new SocketBatcher();
@@ -48,6 +62,8 @@ export class EdgeAgent implements DeviceHost {
   readonly log: Logger;
   readonly maxPacketSize: number;
   readonly assignedIdPrefix: string;
+  deviceDisconnects = 0;
+  private readonly detached = new Map<DeviceStream, Detachment>();
   private nextStreamId = 1;
   private readonly sweep: NodeJS.Timeout;
 
@@ -72,15 +88,9 @@ export class EdgeAgent implements DeviceHost {
       backoffMaxMs: options.backoffMaxMs,
       log: options.log,
     });
-    this.pool.on('control', (tunnel, frame) => {
-      const device = deviceOnStream(tunnel, frame.streamId);
-      if (frame.type === FrameType.CLOSE) device?.closeFromHub(frame.body.reason);
-      else if (frame.type === FrameType.ACCEPT) tunnel.streams.get(frame.streamId)?.setPeerWindow(frame.body.window);
-    });
-    this.pool.on('down', (tunnel, _slot, reason) => {
-      for (const streamId of [...tunnel.streams.keys()]) deviceOnStream(tunnel, streamId)?.tunnelLost(reason);
-      tunnel.streams.clear();
-    });
+    this.pool.on('control', (tunnel, frame) => this.onStreamControl(tunnel, frame));
+    this.pool.on('down', (tunnel) => this.onTunnelDown(tunnel));
+    this.pool.on('up', () => this.resumeDetached());
     server.on('connection', (socket) => this.devices.add(new DeviceConnection(socket, this)));
     this.sweep = setInterval(() => this.sweepDevices(), SWEEP_INTERVAL_MS);
     this.sweep.unref();
@@ -108,7 +118,14 @@ export class EdgeAgent implements DeviceHost {
   stats(): AgentStats {
     let attached = 0;
     for (const device of this.devices) if (device.state === 'attached') attached++;
-    return { devices: this.devices.size, attached, tunnelsUp: this.pool.readyCount, wanConnections: this.pool.connectionsOpened };
+    return {
+      devices: this.devices.size,
+      attached,
+      detached: this.detached.size,
+      tunnelsUp: this.pool.readyCount,
+      wanConnections: this.pool.connectionsOpened,
+      deviceDisconnects: this.deviceDisconnects,
+    };
   }
 
   openStream(device: DeviceConnection, connect: DeviceConnect): DeviceStream | null {
@@ -116,7 +133,7 @@ export class EdgeAgent implements DeviceHost {
     if (picked === null) return null;
     const { tunnel, hubStreamWindow } = picked;
     const streamId = this.allocateStreamId();
-    const stream = new MuxStream(streamId, tunnel, device, hubStreamWindow, this.options.streamWindow, this.options.maxPacketSize);
+    const stream: DeviceStream = new MuxStream(streamId, tunnel, device, hubStreamWindow, this.options.streamWindow, this.options.maxPacketSize);
     tunnel.streams.set(streamId, stream);
     tunnel.send({
       type: FrameType.OPEN,
@@ -135,15 +152,24 @@ export class EdgeAgent implements DeviceHost {
   }
 
   closeStream(stream: DeviceStream, reason: string, abrupt: boolean): void {
+    const detachment = this.detached.get(stream);
+    if (detachment !== undefined) {
+      // The hub still has bytes of this device to receive; close once the stream is back.
+      detachment.pendingClose = { reason, abrupt };
+      return;
+    }
     const tunnel = stream.carrier;
     stream.close();
+    if (tunnel === null) return;
     tunnel.streams.delete(stream.id);
     tunnel.send({ type: FrameType.CLOSE, streamId: stream.id, body: { reason, abrupt } });
   }
 
-  deviceClosed(device: DeviceConnection): void {
+  deviceClosed(device: DeviceConnection, afterConnect: boolean): void {
     this.devices.delete(device);
-    if (device.stream !== null) device.stream.carrier.streams.delete(device.stream.id);
+    if (afterConnect) this.deviceDisconnects++;
+    const stream = device.stream;
+    if (stream !== null && !this.detached.has(stream)) stream.carrier?.streams.delete(stream.id);
   }
 
   async close(): Promise<void> {
@@ -151,6 +177,61 @@ export class EdgeAgent implements DeviceHost {
     this.pool.stop();
     for (const device of this.devices) device.socket.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private onStreamControl(tunnel: Tunnel, frame: ControlFrame): void {
+    const stream = tunnel.streams.get(frame.streamId) as DeviceStream | undefined;
+    if (stream === undefined) return;
+    if (frame.type === FrameType.ACCEPT) {
+      const detachment = this.detached.get(stream);
+      if (detachment === undefined) {
+        stream.setPeerWindow(frame.body.window);
+        return;
+      }
+      if (detachment.resumingOn !== tunnel) return;
+      this.detached.delete(stream);
+      stream.attach(tunnel, frame.body.received, frame.body.window);
+      if (detachment.pendingClose !== null) this.closeStream(stream, detachment.pendingClose.reason, detachment.pendingClose.abrupt);
+      return;
+    }
+    if (frame.type === FrameType.CLOSE) {
+      tunnel.streams.delete(stream.id);
+      this.detached.delete(stream);
+      stream.sink.closeFromHub(frame.body.reason);
+    }
+  }
+
+  private onTunnelDown(tunnel: Tunnel): void {
+    const now = Date.now();
+    for (const stream of tunnel.streams.values() as IterableIterator<DeviceStream>) {
+      if (stream.state === 'closed') continue;
+      const known = this.detached.get(stream);
+      if (known !== undefined) {
+        known.resumingOn = null;
+      } else {
+        stream.detach();
+        this.detached.set(stream, { since: now, resumingOn: null, pendingClose: null });
+      }
+    }
+    tunnel.streams.clear();
+    this.resumeDetached();
+  }
+
+  /** Asks the hub to continue every detached stream on a live tunnel. */
+  private resumeDetached(): void {
+    for (const [stream, detachment] of this.detached) {
+      if (detachment.resumingOn !== null) continue;
+      const clientId = stream.sink.clientId!;
+      const picked = this.pool.pick(clientId);
+      if (picked === null) return;
+      detachment.resumingOn = picked.tunnel;
+      picked.tunnel.streams.set(stream.id, stream);
+      picked.tunnel.send({
+        type: FrameType.RESUME,
+        streamId: stream.id,
+        body: { clientId, window: this.options.streamWindow, received: stream.receivedOffset },
+      });
+    }
   }
 
   private allocateStreamId(): number {
@@ -163,9 +244,12 @@ export class EdgeAgent implements DeviceHost {
   private sweepDevices(): void {
     const now = Date.now();
     for (const device of this.devices) device.checkTimers(now, this.options.connectTimeoutMs);
+    for (const [stream, detachment] of this.detached) {
+      if (now - detachment.since <= this.options.resumeGraceMs) continue;
+      this.detached.delete(stream);
+      detachment.resumingOn?.streams.delete(stream.id);
+      stream.close();
+      stream.sink.resumeExpired();
+    }
   }
-}
-
-function deviceOnStream(tunnel: Tunnel, streamId: number): DeviceConnection | undefined {
-  return (tunnel.streams.get(streamId) as DeviceStream | undefined)?.sink;
 }

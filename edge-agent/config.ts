@@ -24,6 +24,7 @@ export const agentConfigSchema = z.strictObject({
   connectTimeoutMs: z.number().int().min(100).default(10_000),
   heartbeatMs: z.number().int().min(100).default(TUNNEL_DEFAULTS.heartbeatMs),
   deadAfterMs: z.number().int().min(300).default(TUNNEL_DEFAULTS.deadAfterMs),
+  resumeGraceMs: z.number().int().min(0).default(TUNNEL_DEFAULTS.resumeGraceMs),
   backoffInitialMs: z.number().int().min(10).default(250),
   backoffMaxMs: z.number().int().min(100).default(30_000),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

@@ -19,7 +19,8 @@ export interface DeviceHost {
   openStream(device: DeviceConnection, connect: DeviceConnect): MuxStream<DeviceConnection, Tunnel> | null;
   /** Tells the hub the stream ended; `abrupt` makes the broker publish the will. */
   closeStream(stream: MuxStream<DeviceConnection, Tunnel>, reason: string, abrupt: boolean): void;
-  deviceClosed(device: DeviceConnection): void;
+  /** `afterConnect`: the device had been admitted, so losing it counts as a disconnect. */
+  deviceClosed(device: DeviceConnection, afterConnect: boolean): void;
 }
 
 /** MQTT 3.1.1 §3.1.2.10: the server disconnects after one and a half keepalive periods of silence. */
@@ -92,10 +93,9 @@ export class DeviceConnection implements StreamSink {
     this.socket.end();
   }
 
-  /** The tunnel under this device is gone and cannot be resumed. */
-  tunnelLost(reason: string): void {
-    this.stream?.close();
-    this.fail(`tunnel lost: ${reason}`);
+  /** The stream could not resume within the grace period: the device must reconnect. */
+  resumeExpired(): void {
+    this.fail('stream could not resume within the grace period');
   }
 
   private onBytes(chunk: Buffer): void {
@@ -171,9 +171,9 @@ export class DeviceConnection implements StreamSink {
     if (this.state === 'closed') return;
     const wasAttached = this.state === 'attached';
     this.state = 'closed';
-    if (wasAttached && this.stream !== null && this.stream.state === 'open') {
+    if (wasAttached && this.stream !== null && this.stream.state !== 'closed') {
       this.host.closeStream(this.stream, reason, !this.disconnectSeen);
     }
-    this.host.deviceClosed(this);
+    this.host.deviceClosed(this, wasAttached && !this.disconnectSeen);
   }
 }

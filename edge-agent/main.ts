@@ -23,6 +23,7 @@ export async function startAgent(config: AgentConfig): Promise<EdgeAgent> {
     connectTimeoutMs: config.connectTimeoutMs,
     heartbeatMs: config.heartbeatMs,
     deadAfterMs: config.deadAfterMs,
+    resumeGraceMs: config.resumeGraceMs,
     backoffInitialMs: config.backoffInitialMs,
     backoffMaxMs: config.backoffMaxMs,
     log: createLogger('edge-agent', config.logLevel),

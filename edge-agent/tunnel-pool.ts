@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import tls from 'node:tls';
 import { Backoff } from '../shared/backoff.js';
@@ -55,6 +56,8 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
   private stopped = false;
   /** TLS connections opened so far; each is one WAN connection. */
   connectionsOpened = 0;
+  /** Identifies this process to the hub, so it can tell a reconnect from a restart. */
+  readonly instance = randomUUID();
 
   constructor(private readonly options: TunnelPoolOptions) {
     super();
@@ -149,7 +152,14 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       tunnel.send({
         type: FrameType.HELLO,
         streamId: 0,
-        body: { version: PROTOCOL_VERSION, role: 'agent', id: this.options.agentId, heartbeatMs: this.options.heartbeatMs, streamWindow: this.options.streamWindow },
+        body: {
+          version: PROTOCOL_VERSION,
+          role: 'agent',
+          id: this.options.agentId,
+          heartbeatMs: this.options.heartbeatMs,
+          streamWindow: this.options.streamWindow,
+          instance: this.instance,
+        },
       });
     });
     tunnel.on('control', (frame) => {

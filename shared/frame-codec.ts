@@ -33,6 +33,11 @@ export interface HelloBody {
   heartbeatMs: number;
   /** Credit window the sender grants each new stream until OPEN/ACCEPT says otherwise. */
   streamWindow: number;
+  /**
+   * Random per process start. Streams resume only within one instance: a
+   * hub seeing a new agent instance ends the sessions of the old one at once.
+   */
+  instance: string;
 }
 
 export interface OpenBody {
@@ -139,7 +144,7 @@ function requireFields(type: number, body: Record<string, unknown>, fields: Reco
 }
 
 const CONTROL_FIELDS: Record<number, Record<string, 'string' | 'number' | 'boolean'>> = {
-  [FrameType.HELLO]: { version: 'number', role: 'string', id: 'string', heartbeatMs: 'number', streamWindow: 'number' },
+  [FrameType.HELLO]: { version: 'number', role: 'string', id: 'string', heartbeatMs: 'number', streamWindow: 'number', instance: 'string' },
   [FrameType.OPEN]: { clientId: 'string', window: 'number', keepalive: 'number', protocolVersion: 'number', cleanSession: 'boolean' },
   [FrameType.ACCEPT]: { window: 'number', received: 'number' },
   [FrameType.RESUME]: { clientId: 'string', window: 'number', received: 'number' },

@@ -20,7 +20,12 @@ export class FrameWriter {
 
   constructor(private readonly socket: Writable) {}
 
-  data(streamId: number, payload: Buffer): void {
+  /**
+   * Queues a DATA frame. Returns the bytes of the payload as they will go
+   * out: a view of the batch it was copied into (immutable once flushed) or,
+   * for a large payload, the payload itself. Callers keep it for replay.
+   */
+  data(streamId: number, payload: Buffer): Buffer {
     if (payload.length > COPY_LIMIT) {
       const header = Buffer.allocUnsafe(FRAME_HEADER_SIZE);
       writeFrameHeader(header, 0, FrameType.DATA, streamId, payload.length);
@@ -29,12 +34,14 @@ export class FrameWriter {
       this.socket.write(header);
       this.socket.write(payload);
       this.socket.uncork();
-      return;
+      return payload;
     }
     this.reserve(FRAME_HEADER_SIZE + payload.length);
     writeFrameHeader(this.batch, this.position, FrameType.DATA, streamId, payload.length);
-    payload.copy(this.batch, this.position + FRAME_HEADER_SIZE);
-    this.position += FRAME_HEADER_SIZE + payload.length;
+    const start = this.position + FRAME_HEADER_SIZE;
+    payload.copy(this.batch, start);
+    this.position = start + payload.length;
+    return this.batch.subarray(start, this.position);
   }
 
   ack(streamId: number, consumed: number): void {

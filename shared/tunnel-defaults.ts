@@ -9,4 +9,6 @@ export const TUNNEL_DEFAULTS = {
   /** Tunnel socket buffer above which streams pause their sources. */
   highWaterBytes: 1024 * 1024,
   helloTimeoutMs: 10_000,
+  /** How long a stream outlives its tunnel: devices and broker sessions stay up meanwhile. */
+  resumeGraceMs: 60_000,
 } as const;

@@ -6,6 +6,13 @@ import { FrameWriter } from './frame-writer.js';
 import type { Logger } from './logger.js';
 import type { MuxStream, StreamCarrier } from './mux-stream.js';
 
+/**
+ * How long a stream's consumption may go unacknowledged when it falls short
+ * of a quarter window: long enough to share one write among many streams,
+ * short enough that the peer's replay buffer empties soon after traffic stops.
+ */
+const QUIET_ACK_DELAY_MS = 50;
+
 export interface TunnelOptions {
   /** Largest frame payload accepted from the peer. */
   maxFramePayload: number;
@@ -35,6 +42,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   private readonly writer: FrameWriter;
   private readonly decoder: FrameDecoder;
   private readonly drainWaiters = new Set<MuxStream>();
+  private readonly pendingAcks = new Set<MuxStream>();
+  private ackTimer: NodeJS.Timeout | null = null;
   private lastReceivedAt = Date.now();
   private readonly heartbeat: NodeJS.Timeout;
   private readonly handler: FrameHandler;
@@ -73,9 +82,10 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     this.writer.raw(encodeControlFrame(frame));
   }
 
-  sendData(streamId: number, payload: Buffer): void {
-    if (this.closedReason !== null) return;
-    this.writer.data(streamId, payload);
+  sendData(streamId: number, payload: Buffer): Buffer {
+    // A closed tunnel still hands back a private copy: the stream replays it elsewhere.
+    if (this.closedReason !== null) return Buffer.from(payload);
+    return this.writer.data(streamId, payload);
   }
 
   sendAck(streamId: number, consumed: number): void {
@@ -87,10 +97,26 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     this.drainWaiters.add(stream);
   }
 
+  scheduleAck(stream: MuxStream): void {
+    this.pendingAcks.add(stream);
+    if (this.ackTimer === null && this.closedReason === null) {
+      this.ackTimer = setTimeout(() => this.flushAcks(), QUIET_ACK_DELAY_MS);
+    }
+  }
+
+  private flushAcks(): void {
+    this.ackTimer = null;
+    const streams = [...this.pendingAcks];
+    this.pendingAcks.clear();
+    for (const stream of streams) stream.flushAck();
+  }
+
   close(reason: string): void {
     if (this.closedReason !== null) return;
     this.closedReason = reason;
     clearInterval(this.heartbeat);
+    if (this.ackTimer !== null) clearTimeout(this.ackTimer);
+    this.pendingAcks.clear();
     this.writer.flush();
     this.socket.destroy();
     this.drainWaiters.clear();

@@ -45,6 +45,7 @@ export function hubOptions(pki: DevPki, overrides: Partial<HubOptions> = {}): Hu
     maxPacketSize: TUNNEL_DEFAULTS.maxFramePayload,
     heartbeatMs: 1000,
     deadAfterMs: 5000,
+    resumeGraceMs: 10_000,
     log: quietLogger('hub'),
     ...overrides,
   };
@@ -64,6 +65,7 @@ export function agentOptions(pki: DevPki, hubPort: number, overrides: Partial<Ag
     connectTimeoutMs: 2000,
     heartbeatMs: 1000,
     deadAfterMs: 5000,
+    resumeGraceMs: 10_000,
     backoffInitialMs: 50,
     backoffMaxMs: 1000,
     log: quietLogger('agent'),
