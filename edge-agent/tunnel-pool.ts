@@ -179,13 +179,17 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       const wasReady = slot.ready;
       slot.ready = false;
       slot.tunnel = null;
+      if (this.stopped) {
+        log.info({ reason }, 'tunnel closed');
+        if (wasReady) this.emit('down', tunnel, slot.index, reason);
+        return;
+      }
       if (wasReady) {
         log.warn({ reason }, 'tunnel down');
         this.emit('down', tunnel, slot.index, reason);
       } else {
         log.warn({ reason }, 'tunnel failed to come up');
       }
-      if (this.stopped) return;
       slot.hubCursor = (slot.hubCursor + 1) % this.options.hubs.length;
       const delay = slot.backoff.nextDelayMs();
       slot.retry = setTimeout(() => {

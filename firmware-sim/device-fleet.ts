@@ -93,6 +93,7 @@ export class DeviceFleet extends EventEmitter<FleetEvents> {
   private readonly scratchPayload: Buffer;
   private readonly telemetryPacket: IPublishPacket;
 
+  private publishingPaused = false;
   private nextToConnect = 0;
   private connectsInFlight = 0;
   private openSockets = 0;
@@ -174,6 +175,12 @@ export class DeviceFleet extends EventEmitter<FleetEvents> {
     return this.startPromise;
   }
 
+  /** Stops telemetry but keeps every device connected, so messages in flight can complete. */
+  pausePublishing(): void {
+    this.publishingPaused = true;
+    this.dueAt.fill(Infinity);
+  }
+
   /** Stops publishing, sends DISCONNECT from every ready device and waits for all sockets to close. */
   stop(): Promise<void> {
     this.stopPromise ??= this.stopAll();
@@ -241,7 +248,9 @@ export class DeviceFleet extends EventEmitter<FleetEvents> {
     this.counters.connected++;
     // A random phase spreads devices over the interval, so traffic is smooth
     // rather than arriving in one burst per interval.
-    if (this.intervalMs !== Infinity) this.dueAt[device.slot] = this.clock() + this.random() * this.intervalMs;
+    if (this.intervalMs !== Infinity && !this.publishingPaused) {
+      this.dueAt[device.slot] = this.clock() + this.random() * this.intervalMs;
+    }
     this.connectSettled();
   }
 
