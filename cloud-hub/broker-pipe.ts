@@ -2,7 +2,7 @@ import { Duplex } from 'node:stream';
 
 /** The session side of an in-process connection to the embedded broker. */
 export interface BrokerPipeOwner {
-  /** Bytes the broker wrote for the device; call `done` when they may be released (backpressure). */
+  /** Bytes the broker wrote for the device; call `done` when the broker may write more. */
   fromBroker(chunk: Buffer, done: () => void): void;
   /** The broker read everything pushed so far: held credit may be returned. */
   brokerReadable(): void;

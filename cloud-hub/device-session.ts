@@ -23,6 +23,12 @@ export interface DeviceSessionOptions {
   /** Device keepalive in seconds from its CONNECT (MQTT 3.1.1 §3.1.2.10); 0 disables it. */
   keepaliveSeconds: number;
   maxPacketSize: number;
+  /**
+   * Bytes the broker may queue for a device that is not reading before the
+   * session is cut as a slow consumer; the broker would otherwise buffer
+   * without limit.
+   */
+  maxQueuedBytes: number;
   log: Logger;
   onClosed(session: DeviceSession): void;
 }
@@ -39,10 +45,14 @@ export class DeviceSession implements StreamSink, BrokerPipeOwner {
   readonly pipe: BrokerPipe;
   stream!: SessionStream;
   detachedAt = 0;
+  /** QoS 0 messages dropped because the device could not take them. */
+  droppedQos0 = 0;
   private lastToBrokerAt = Date.now();
   private readonly framer: MqttFramer;
   private creditHeldBack = 0;
-  private pendingBrokerWrite: (() => void) | null = null;
+  /** Broker packets for the device waiting for stream credit; bounded by maxQueuedBytes. */
+  private waiting: Buffer[] = [];
+  private waitingBytes = 0;
   /** The broker ended the session while the stream was detached: tell the agent once it is back. */
   private closeOnResume = false;
 
@@ -81,32 +91,57 @@ export class DeviceSession implements StreamSink, BrokerPipeOwner {
   }
 
   // broker → device
+  //
+  // The broker is never backpressured by one device: aedes waits for each
+  // delivery before it takes the publisher's next message, so a stalled
+  // subscriber would stall its publishers. Instead packets wait here, up to
+  // a bound, while the stream has no credit.
   fromBroker(chunk: Buffer, done: () => void): void {
-    if (this.state === 'closed') {
-      done();
+    if (this.state !== 'closed') {
+      try {
+        this.framer.push(chunk, (packet) => this.toDevice(packet));
+      } catch (err) {
+        this.options.log.error({ clientId: this.clientId, err }, 'broker wrote an unframeable packet');
+        this.pipe.destroy();
+      }
+    }
+    done();
+  }
+
+  private toDevice(packet: Buffer): void {
+    const type = packetTypeOf(packet);
+    if (type === PacketType.PINGRESP) return;
+    if (this.waiting.length === 0 && this.stream.canWrite) {
+      this.stream.write(packet);
       return;
     }
-    let mayContinue = true;
-    try {
-      this.framer.push(chunk, (packet) => {
-        if (packetTypeOf(packet) === PacketType.PINGRESP) return;
-        mayContinue = this.stream.write(packet);
-      });
-    } catch (err) {
-      this.options.log.error({ clientId: this.clientId, err }, 'broker wrote an unframeable packet');
+    // At most once allows it (MQTT 3.1.1 §4.3.1): a device that cannot keep
+    // up loses QoS 0 messages instead of the hub queueing them.
+    if (type === PacketType.PUBLISH && (packet[0] & 0x06) === 0) {
+      this.droppedQos0++;
+      return;
+    }
+    this.waiting.push(packet);
+    this.waitingBytes += packet.length;
+    if (this.waitingBytes > this.options.maxQueuedBytes && !this.pipe.destroyed) {
+      this.options.log.warn(
+        { clientId: this.clientId, agentId: this.agentId, queuedBytes: this.waitingBytes, reason: 'slow consumer' },
+        'device is not reading; ending its session',
+      );
+      this.waiting = [];
+      this.waitingBytes = 0;
       this.pipe.destroy();
-      done();
-      return;
     }
-    if (mayContinue) done();
-    else this.pendingBrokerWrite = done;
   }
 
   writable(): void {
-    const done = this.pendingBrokerWrite;
-    if (done === null) return;
-    this.pendingBrokerWrite = null;
-    done();
+    let sent = 0;
+    while (sent < this.waiting.length && this.stream.canWrite) {
+      const packet = this.waiting[sent++];
+      this.waitingBytes -= packet.length;
+      this.stream.write(packet);
+    }
+    if (sent > 0) this.waiting = this.waiting.slice(sent);
   }
 
   /** Called by the hub's sweep: keeps the broker's keepalive satisfied while the device is idle or away. */
@@ -172,9 +207,8 @@ export class DeviceSession implements StreamSink, BrokerPipeOwner {
     this.state = 'closed';
     this.stream.carrier?.streams.delete(this.stream.id);
     this.stream.close();
-    const done = this.pendingBrokerWrite;
-    this.pendingBrokerWrite = null;
-    done?.();
+    this.waiting = [];
+    this.waitingBytes = 0;
     this.options.onClosed(this);
   }
 }

@@ -23,6 +23,8 @@ export interface HubOptions {
   deadAfterMs: number;
   /** How long a device session outlives its tunnel waiting for the agent to resume it. */
   resumeGraceMs: number;
+  /** Per device: bytes the broker may queue for a device that does not read before it is cut off. */
+  maxQueuedBytes: number;
   log: Logger;
 }
 
@@ -221,6 +223,7 @@ export class CloudHub {
       agentId: record.agentId,
       keepaliveSeconds: open.keepalive,
       maxPacketSize: this.options.maxPacketSize,
+      maxQueuedBytes: this.options.maxQueuedBytes,
       log,
       onClosed: (closed) => {
         this.sessions.delete(closed);

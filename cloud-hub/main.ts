@@ -21,6 +21,7 @@ export async function startHub(config: HubConfig): Promise<CloudHub> {
     heartbeatMs: config.heartbeatMs,
     deadAfterMs: config.deadAfterMs,
     resumeGraceMs: config.resumeGraceMs,
+    maxQueuedBytes: config.maxQueuedBytes,
     log: createLogger('cloud-hub', config.logLevel),
   });
 }

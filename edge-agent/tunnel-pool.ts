@@ -4,7 +4,7 @@ import tls from 'node:tls';
 import { Backoff } from '../shared/backoff.js';
 import { type ControlFrame, FrameType, PROTOCOL_VERSION } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
-import { Tunnel } from '../shared/tunnel.js';
+import { addTraffic, emptyTraffic, Tunnel, type TunnelTraffic } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 
 export interface HubAddress {
@@ -56,6 +56,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
   private stopped = false;
   /** TLS connections opened so far; each is one WAN connection. */
   connectionsOpened = 0;
+  private readonly closedTraffic: TunnelTraffic = emptyTraffic();
   /** Identifies this process to the hub, so it can tell a reconnect from a restart. */
   readonly instance = randomUUID();
 
@@ -112,8 +113,11 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     return null;
   }
 
-  get bytesIn(): number {
-    return this.slots.reduce((sum, slot) => sum + (slot.tunnel?.bytesIn ?? 0), 0);
+  /** Frames and bytes over every tunnel this pool has had, including closed ones. */
+  trafficTotals(): TunnelTraffic {
+    const totals = { ...this.closedTraffic };
+    for (const slot of this.slots) if (slot.tunnel !== null) addTraffic(totals, slot.tunnel.traffic);
+    return totals;
   }
 
   stop(): void {
@@ -176,6 +180,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     });
     tunnel.on('closed', (reason) => {
       clearTimeout(helloTimer);
+      addTraffic(this.closedTraffic, tunnel.traffic);
       const wasReady = slot.ready;
       slot.ready = false;
       slot.tunnel = null;

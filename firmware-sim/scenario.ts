@@ -73,6 +73,7 @@ export class Scenario {
       heartbeatMs: options.heartbeatMs,
       deadAfterMs: options.deadAfterMs,
       resumeGraceMs: options.resumeGraceMs,
+      maxQueuedBytes: TUNNEL_DEFAULTS.maxQueuedBytes,
       log: log.child({ component: 'cloud-hub' }),
     });
     const proxy = options.chaos ? await ChaosProxy.start({ host: '127.0.0.1', port: hub.tunnelAddress.port }) : null;

@@ -11,4 +11,6 @@ export const TUNNEL_DEFAULTS = {
   helloTimeoutMs: 10_000,
   /** How long a stream outlives its tunnel: devices and broker sessions stay up meanwhile. */
   resumeGraceMs: 60_000,
+  /** Per device at the hub: broker output queued behind a device that does not read. */
+  maxQueuedBytes: 4 * 1024 * 1024,
 } as const;

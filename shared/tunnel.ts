@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import { isEdgemuxError } from './errors.js';
-import { type ControlFrame, encodeControlFrame, FrameDecoder, type FrameHandler, FrameType } from './frame-codec.js';
+import { ACK_PAYLOAD_SIZE, type ControlFrame, encodeControlFrame, FRAME_HEADER_SIZE, FrameDecoder, type FrameHandler, FrameType } from './frame-codec.js';
 import { FrameWriter } from './frame-writer.js';
 import type { Logger } from './logger.js';
 import type { MuxStream, StreamCarrier } from './mux-stream.js';
@@ -25,6 +25,26 @@ export interface TunnelOptions {
   log: Logger;
 }
 
+/** What crossed one tunnel, by frame kind: the WAN cost of the devices behind it. */
+export interface TunnelTraffic {
+  bytesIn: number;
+  bytesOut: number;
+  dataFramesIn: number;
+  dataFramesOut: number;
+  ackFramesIn: number;
+  ackFramesOut: number;
+  controlFramesIn: number;
+  controlFramesOut: number;
+}
+
+export function emptyTraffic(): TunnelTraffic {
+  return { bytesIn: 0, bytesOut: 0, dataFramesIn: 0, dataFramesOut: 0, ackFramesIn: 0, ackFramesOut: 0, controlFramesIn: 0, controlFramesOut: 0 };
+}
+
+export function addTraffic(into: TunnelTraffic, from: TunnelTraffic): void {
+  for (const key of Object.keys(into) as (keyof TunnelTraffic)[]) into[key] += from[key];
+}
+
 export interface TunnelEvents {
   control: [frame: ControlFrame];
   closed: [reason: string];
@@ -37,7 +57,7 @@ export interface TunnelEvents {
  */
 export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier {
   readonly streams = new Map<number, MuxStream>();
-  bytesIn = 0;
+  readonly traffic: TunnelTraffic = emptyTraffic();
   closedReason: string | null = null;
   private readonly writer: FrameWriter;
   private readonly decoder: FrameDecoder;
@@ -56,9 +76,18 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     this.writer = new FrameWriter(socket);
     this.decoder = new FrameDecoder(options.maxFramePayload);
     this.handler = {
-      data: (streamId, payload) => this.streams.get(streamId)?.onData(payload),
-      ack: (streamId, consumed) => this.streams.get(streamId)?.onAck(consumed),
-      control: (frame) => this.onControl(frame),
+      data: (streamId, payload) => {
+        this.traffic.dataFramesIn++;
+        this.streams.get(streamId)?.onData(payload);
+      },
+      ack: (streamId, consumed) => {
+        this.traffic.ackFramesIn++;
+        this.streams.get(streamId)?.onAck(consumed);
+      },
+      control: (frame) => {
+        this.traffic.controlFramesIn++;
+        this.onControl(frame);
+      },
     };
     socket.on('data', (chunk: Buffer) => this.onBytes(chunk));
     socket.on('drain', () => this.onDrain());
@@ -79,17 +108,24 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
 
   send(frame: ControlFrame): void {
     if (this.closedReason !== null) return;
-    this.writer.raw(encodeControlFrame(frame));
+    const encoded = encodeControlFrame(frame);
+    this.traffic.controlFramesOut++;
+    this.traffic.bytesOut += encoded.length;
+    this.writer.raw(encoded);
   }
 
   sendData(streamId: number, payload: Buffer): Buffer {
     // A closed tunnel still hands back a private copy: the stream replays it elsewhere.
     if (this.closedReason !== null) return Buffer.from(payload);
+    this.traffic.dataFramesOut++;
+    this.traffic.bytesOut += FRAME_HEADER_SIZE + payload.length;
     return this.writer.data(streamId, payload);
   }
 
   sendAck(streamId: number, consumed: number): void {
     if (this.closedReason !== null) return;
+    this.traffic.ackFramesOut++;
+    this.traffic.bytesOut += FRAME_HEADER_SIZE + ACK_PAYLOAD_SIZE;
     this.writer.ack(streamId, consumed);
   }
 
@@ -125,7 +161,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
 
   private onBytes(chunk: Buffer): void {
     this.lastReceivedAt = Date.now();
-    this.bytesIn += chunk.length;
+    this.traffic.bytesIn += chunk.length;
     try {
       this.decoder.push(chunk, this.handler);
     } catch (err) {

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { EdgeAgent, type AgentOptions } from '../../edge-agent/agent.js';
+import { ChaosProxy } from '../../firmware-sim/chaos-proxy.js';
 import { CloudHub, type HubOptions } from '../../cloud-hub/hub.js';
 import { quietLogger } from '../../shared/logger.js';
 import { type DevPki, ensureDevPki } from '../../shared/pki.js';
@@ -12,6 +13,8 @@ export interface Chain {
   pki: DevPki;
   hub: CloudHub;
   agent: EdgeAgent;
+  /** The relay between agent and hub, when the chain was started with `viaProxy`. */
+  proxy: ChaosProxy | null;
   devicePort: number;
   appPort: number;
   /** A device: MQTT.js connected to the agent. */
@@ -46,6 +49,7 @@ export function hubOptions(pki: DevPki, overrides: Partial<HubOptions> = {}): Hu
     heartbeatMs: 1000,
     deadAfterMs: 5000,
     resumeGraceMs: 10_000,
+    maxQueuedBytes: TUNNEL_DEFAULTS.maxQueuedBytes,
     log: quietLogger('hub'),
     ...overrides,
   };
@@ -84,10 +88,13 @@ export async function connectClient(port: number, options: IClientOptions = {}):
 }
 
 /** Hub with its embedded broker and one agent, both on loopback, torn down by close(). */
-export async function startChain(options: { hub?: Partial<HubOptions>; agent?: Partial<AgentOptions> } = {}): Promise<Chain> {
+export async function startChain(
+  options: { hub?: Partial<HubOptions>; agent?: Partial<AgentOptions>; viaProxy?: boolean } = {},
+): Promise<Chain> {
   const { pki } = await testPki();
   const hub = await CloudHub.start(hubOptions(pki, options.hub));
-  const agent = await EdgeAgent.start(agentOptions(pki, hub.tunnelAddress.port, options.agent));
+  const proxy = options.viaProxy ? await ChaosProxy.start({ host: '127.0.0.1', port: hub.tunnelAddress.port }) : null;
+  const agent = await EdgeAgent.start(agentOptions(pki, proxy?.port ?? hub.tunnelAddress.port, options.agent));
   await agent.pool.waitForTunnels(agent.pool.size);
   const clients: MqttClient[] = [];
   const track = async (client: Promise<MqttClient>): Promise<MqttClient> => {
@@ -99,6 +106,7 @@ export async function startChain(options: { hub?: Partial<HubOptions>; agent?: P
     pki,
     hub,
     agent,
+    proxy,
     devicePort: agent.deviceAddress.port,
     appPort: hub.appAddress.port,
     device: (clientOptions) => track(connectClient(agent.deviceAddress.port, clientOptions)),
@@ -106,6 +114,7 @@ export async function startChain(options: { hub?: Partial<HubOptions>; agent?: P
     close: async () => {
       for (const client of clients) client.end(true);
       await agent.close();
+      await proxy?.close();
       await hub.close();
     },
   };
