@@ -93,7 +93,8 @@ export interface FrameHandler {
   control(frame: ControlFrame): void;
 }
 
-const packr = new Packr({ useRecords: false, moreTypes: false });
+// Other msgpack implementations send integers >= 2^32 as uint 64; they decode as numbers here.
+const packr = new Packr({ useRecords: false, moreTypes: false, int64AsType: 'number' });
 
 export function writeFrameHeader(target: Buffer, offset: number, type: number, streamId: number, length: number): void {
   target[offset] = type;

@@ -247,10 +247,8 @@ describe('frame codec: round trips', () => {
     expect(bytes.subarray(FRAME_HEADER_SIZE).toString('hex')).toBe('de0001a673656e744174cb4278bcfe56800000');
   });
 
-  // Other msgpack implementations (Go, Rust, Python, C) encode integers >= 2^32 as
-  // uint 64 (0xcf); msgpackr decodes that as a bigint and the field check refuses it.
-  // Remove `.fails` once the codec accepts safe-integer int 64 / uint 64 values.
-  it.fails('accepts a PING whose sentAt is encoded as msgpack uint 64', () => {
+  // Other msgpack implementations (Go, Rust, Python, C) encode integers >= 2^32 as uint 64 (0xcf).
+  it('accepts a PING whose sentAt is encoded as msgpack uint 64', () => {
     const body = Buffer.from('81a673656e744174cf0000018bcfe56800', 'hex'); // {sentAt: 1700000000000} as uint 64
     expect(decodeFrames(rawFrame(FrameType.PING, 0, body), MAX_PAYLOAD)).toEqual([
       { type: FrameType.PING, streamId: 0, body: { sentAt: 1_700_000_000_000 } },
