@@ -111,6 +111,15 @@ export class DeviceSession implements StreamSink, BrokerPipeOwner {
   private toDevice(packet: Buffer): void {
     const type = packetTypeOf(packet);
     if (type === PacketType.PINGRESP) return;
+    if (packet.length > this.stream.maxPeerPayload) {
+      // The agent would close the whole tunnel on it; only this device's session ends.
+      this.options.log.warn(
+        { clientId: this.clientId, agentId: this.agentId, bytes: packet.length, reason: 'packet larger than the agent accepts' },
+        'ending device session',
+      );
+      this.pipe.destroy();
+      return;
+    }
     if (this.waiting.length === 0 && this.stream.canWrite) {
       this.stream.write(packet);
       return;

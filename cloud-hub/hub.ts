@@ -46,6 +46,12 @@ interface AgentRecord {
 /** MQTT 5 reason code 0x84, Unsupported Protocol Version (§3.2.2.2): aedes speaks 3.1.1 only. */
 const UNSUPPORTED_PROTOCOL_VERSION = 0x84;
 const SWEEP_INTERVAL_MS = 1000;
+/** An agent may ask for a large window, but the hub's replay memory per stream stays bounded. */
+const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
+
+function capWindow(window: number): number {
+  return Math.min(window, MAX_STREAM_WINDOW);
+}
 
 /**
  * The cloud side: accepts agent tunnels over mutual TLS, takes their streams
@@ -148,6 +154,12 @@ export class CloudHub {
           return;
         }
         clearTimeout(helloTimer);
+        if (frame.body.version !== PROTOCOL_VERSION || frame.body.role !== 'agent') {
+          log.warn({ reason: `HELLO version ${frame.body.version} role ${frame.body.role}` }, 'tunnel refused');
+          tunnel.close(`unsupported protocol version ${frame.body.version} or role ${frame.body.role}`);
+          return;
+        }
+        tunnel.peerMaxFramePayload = frame.body.maxFramePayload;
         record = this.registerAgent(agentId, frame.body.instance, log);
         record.tunnels.add(tunnel);
         tunnel.send({
@@ -159,6 +171,7 @@ export class CloudHub {
             id: this.options.hubId,
             heartbeatMs: this.options.heartbeatMs,
             streamWindow: this.options.streamWindow,
+            maxFramePayload: this.options.maxPacketSize,
             instance: this.options.hubId,
           },
         });
@@ -214,8 +227,8 @@ export class CloudHub {
   }
 
   private openSession(tunnel: Tunnel, record: AgentRecord, streamId: number, open: OpenBody, log: Logger): void {
-    if (record.streams.has(streamId)) {
-      tunnel.close(`protocol violation: stream ${streamId} opened twice`);
+    if (record.streams.has(streamId) || streamId % 2 === 0) {
+      tunnel.close(`protocol violation: stream ${streamId} is in use or not an agent stream id`);
       return;
     }
     const session = new DeviceSession({
@@ -230,7 +243,7 @@ export class CloudHub {
         if (record.streams.get(streamId) === closed.stream) record.streams.delete(streamId);
       },
     });
-    const stream: SessionStream = new MuxStream(streamId, tunnel, session, open.window, this.options.streamWindow, this.options.maxPacketSize);
+    const stream: SessionStream = new MuxStream(streamId, tunnel, session, capWindow(open.window), this.options.streamWindow, this.options.maxPacketSize);
     session.bind(stream);
     tunnel.send({ type: FrameType.ACCEPT, streamId, body: { window: this.options.streamWindow, received: 0 } });
     if (open.protocolVersion === 5) {
@@ -264,7 +277,7 @@ export class CloudHub {
     }
     tunnel.streams.set(streamId, stream);
     tunnel.send({ type: FrameType.ACCEPT, streamId, body: { window: this.options.streamWindow, received: stream.receivedOffset } });
-    stream.sink.reattach(tunnel, resume.received, resume.window);
+    stream.sink.reattach(tunnel, resume.received, capWindow(resume.window));
     log.debug({ streamId, clientId: resume.clientId }, 'stream resumed');
   }
 

@@ -40,6 +40,9 @@ export class DeviceConnection implements StreamSink {
   private readonly acceptedAt: number;
   private readonly framer: MqttFramer;
   private unflushedBytes = 0;
+  /** Set when the stream refused a write: later packets of the same read wait in `held`. */
+  private holding = false;
+  private held: Buffer[] = [];
   private disconnectSeen = false;
 
   constructor(
@@ -72,7 +75,9 @@ export class DeviceConnection implements StreamSink {
       this.stream?.consume(payload.length);
       return;
     }
-    if (this.host.batcher.write(this.socket, payload)) {
+    // While earlier bytes wait for 'drain', later ones wait behind them: credit
+    // is returned in stream order, on payload boundaries.
+    if (this.host.batcher.write(this.socket, payload) && this.unflushedBytes === 0) {
       this.stream?.consume(payload.length);
     } else {
       // The device is not reading: hold the credit back so the hub stops sending.
@@ -81,7 +86,13 @@ export class DeviceConnection implements StreamSink {
   }
 
   writable(): void {
-    if (this.state === 'attached') this.socket.resume();
+    if (this.state !== 'attached') return;
+    let sent = 0;
+    while (sent < this.held.length && this.stream!.canWrite) this.stream!.write(this.held[sent++]);
+    if (sent > 0) this.held = this.held.slice(sent);
+    if (this.held.length > 0 || !this.stream!.canWrite) return;
+    this.holding = false;
+    this.socket.resume();
   }
 
   /** The hub ended the session (DISCONNECT handled, takeover, refusal): flush and close. */
@@ -119,8 +130,19 @@ export class DeviceConnection implements StreamSink {
         this.fail('second CONNECT on one connection');
         return;
       }
+      if (packet.length > this.stream!.maxPeerPayload) {
+        this.fail(`packet of ${packet.length} bytes is larger than the hub accepts (${this.stream!.maxPeerPayload})`);
+        return;
+      }
       if (type === PacketType.DISCONNECT) this.disconnectSeen = true;
-      if (!this.stream!.write(packet)) this.socket.pause();
+      // Packets after a refused write wait here (at most the rest of one read),
+      // so the stream overshoots its window by one frame at most.
+      if (this.holding) {
+        this.held.push(packet);
+      } else if (!this.stream!.write(packet)) {
+        this.holding = true;
+        this.socket.pause();
+      }
       return;
     }
     if (this.state === 'awaiting-connect') {

@@ -7,6 +7,9 @@ import type { Logger } from '../shared/logger.js';
 import { addTraffic, emptyTraffic, Tunnel, type TunnelTraffic } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 
+/** The agent's replay memory per stream stays bounded whatever window the hub grants. */
+const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
+
 export interface HubAddress {
   host: string;
   port: number;
@@ -162,6 +165,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
           id: this.options.agentId,
           heartbeatMs: this.options.heartbeatMs,
           streamWindow: this.options.streamWindow,
+          maxFramePayload: this.options.maxFramePayload,
           instance: this.instance,
         },
       });
@@ -169,8 +173,13 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     tunnel.on('control', (frame) => {
       if (frame.type === FrameType.HELLO) {
         clearTimeout(helloTimer);
+        if (frame.body.version !== PROTOCOL_VERSION || frame.body.role !== 'hub') {
+          tunnel.close(`hub speaks protocol version ${frame.body.version} as ${frame.body.role}`);
+          return;
+        }
+        tunnel.peerMaxFramePayload = frame.body.maxFramePayload;
         slot.ready = true;
-        slot.hubStreamWindow = frame.body.streamWindow;
+        slot.hubStreamWindow = Math.min(frame.body.streamWindow, MAX_STREAM_WINDOW);
         slot.backoff.reset();
         log.info({ hubId: frame.body.id }, 'tunnel up');
         this.emit('up', tunnel, slot.index);

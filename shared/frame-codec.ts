@@ -33,6 +33,8 @@ export interface HelloBody {
   heartbeatMs: number;
   /** Credit window the sender grants each new stream until OPEN/ACCEPT says otherwise. */
   streamWindow: number;
+  /** Largest frame payload the sender accepts; the peer never sends a larger one. */
+  maxFramePayload: number;
   /**
    * Random per process start. Streams resume only within one instance: a
    * hub seeing a new agent instance ends the sessions of the old one at once.
@@ -136,19 +138,28 @@ function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-function requireFields(type: number, body: Record<string, unknown>, fields: Record<string, 'string' | 'number' | 'boolean'>): void {
+/** 'count' is a non-negative safe integer: windows, offsets and intervals are never NaN, negative or fractional. */
+type FieldKind = 'string' | 'number' | 'boolean' | 'count';
+
+function fieldMatches(value: unknown, kind: FieldKind): boolean {
+  if (kind === 'count') return Number.isSafeInteger(value) && (value as number) >= 0;
+  if (kind === 'number') return typeof value === 'number' && Number.isFinite(value);
+  return typeof value === kind;
+}
+
+function requireFields(type: number, body: Record<string, unknown>, fields: Record<string, FieldKind>): void {
   for (const [name, kind] of Object.entries(fields)) {
-    if (typeof body[name] !== kind) {
+    if (!fieldMatches(body[name], kind)) {
       throw new EdgemuxError('E_FRAME_MALFORMED', `control frame type ${type}: field ${name} must be a ${kind}`);
     }
   }
 }
 
-const CONTROL_FIELDS: Record<number, Record<string, 'string' | 'number' | 'boolean'>> = {
-  [FrameType.HELLO]: { version: 'number', role: 'string', id: 'string', heartbeatMs: 'number', streamWindow: 'number', instance: 'string' },
-  [FrameType.OPEN]: { clientId: 'string', window: 'number', keepalive: 'number', protocolVersion: 'number', cleanSession: 'boolean' },
-  [FrameType.ACCEPT]: { window: 'number', received: 'number' },
-  [FrameType.RESUME]: { clientId: 'string', window: 'number', received: 'number' },
+const CONTROL_FIELDS: Record<number, Record<string, FieldKind>> = {
+  [FrameType.HELLO]: { version: 'count', role: 'string', id: 'string', heartbeatMs: 'count', streamWindow: 'count', maxFramePayload: 'count', instance: 'string' },
+  [FrameType.OPEN]: { clientId: 'string', window: 'count', keepalive: 'count', protocolVersion: 'count', cleanSession: 'boolean' },
+  [FrameType.ACCEPT]: { window: 'count', received: 'count' },
+  [FrameType.RESUME]: { clientId: 'string', window: 'count', received: 'count' },
   [FrameType.CLOSE]: { reason: 'string', abrupt: 'boolean' },
   [FrameType.PING]: { sentAt: 'number' },
   [FrameType.PONG]: { sentAt: 'number' },
@@ -169,6 +180,9 @@ export function decodeControlBody(type: number, streamId: number, payload: Buffe
     throw new EdgemuxError('E_FRAME_MALFORMED', `control frame type ${type}: payload is not a map`);
   }
   requireFields(type, body, fields);
+  if (type === FrameType.HELLO && body.role !== 'agent' && body.role !== 'hub') {
+    throw new EdgemuxError('E_FRAME_MALFORMED', `HELLO: role must be agent or hub`);
+  }
   return { type, streamId, body } as unknown as ControlFrame;
 }
 

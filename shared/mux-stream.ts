@@ -4,6 +4,8 @@ import { ReplayBuffer } from './replay-buffer.js';
 /** What a stream needs from the tunnel it currently runs over. */
 export interface StreamCarrier {
   readonly congested: boolean;
+  /** Largest DATA payload the peer accepts. */
+  readonly peerMaxFramePayload: number;
   /** Sends a DATA frame; returns the copy of the payload it made, which the stream keeps for replay. */
   sendData(streamId: number, payload: Buffer): Buffer;
   sendAck(streamId: number, consumed: number): void;
@@ -58,6 +60,11 @@ export class MuxStream<S extends StreamSink = StreamSink, C extends StreamCarrie
     /** Largest single frame the peer may overshoot the window by. */
     private readonly maxFramePayload: number,
   ) {}
+
+  /** Largest payload `write` may be given on the current carrier. */
+  get maxPeerPayload(): number {
+    return this.carrier?.peerMaxFramePayload ?? this.maxFramePayload;
+  }
 
   get inFlight(): number {
     return this.sent - this.peerConsumed;

@@ -61,7 +61,8 @@ const DEFAULT_CA_VALID_DAYS = 3650;
 const DEFAULT_LEAF_VALID_DAYS = 365;
 const HUB_COMMON_NAME = 'edgemux-hub';
 const DEFAULT_AGENT_IDS = ['agent-1'];
-const DEFAULT_HUB_HOSTNAMES = ['localhost', '127.0.0.1'];
+// 'hub' is the service name the hub has in docker-compose.yml.
+const DEFAULT_HUB_HOSTNAMES = ['localhost', '127.0.0.1', 'hub'];
 /** Tolerates agents whose clocks run behind the machine that issued the cert. */
 const CLOCK_SKEW_MS = 60 * 60 * 1000;
 const DAY_MS = 24 * 60 * 60 * 1000;

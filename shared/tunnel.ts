@@ -58,6 +58,8 @@ export interface TunnelEvents {
 export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier {
   readonly streams = new Map<number, MuxStream>();
   readonly traffic: TunnelTraffic = emptyTraffic();
+  /** Largest frame payload the peer accepts, from its HELLO; until then our own. */
+  peerMaxFramePayload: number;
   closedReason: string | null = null;
   private readonly writer: FrameWriter;
   private readonly decoder: FrameDecoder;
@@ -73,18 +75,22 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     private readonly options: TunnelOptions,
   ) {
     super();
+    this.peerMaxFramePayload = options.maxFramePayload;
     this.writer = new FrameWriter(socket);
     this.decoder = new FrameDecoder(options.maxFramePayload);
     this.handler = {
       data: (streamId, payload) => {
+        if (this.closedReason !== null) return;
         this.traffic.dataFramesIn++;
         this.streams.get(streamId)?.onData(payload);
       },
       ack: (streamId, consumed) => {
+        if (this.closedReason !== null) return;
         this.traffic.ackFramesIn++;
         this.streams.get(streamId)?.onAck(consumed);
       },
       control: (frame) => {
+        if (this.closedReason !== null) return;
         this.traffic.controlFramesIn++;
         this.onControl(frame);
       },

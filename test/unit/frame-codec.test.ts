@@ -88,6 +88,7 @@ const helloFrame: fc.Arbitrary<ControlFrame> = fc
     id: text,
     heartbeatMs: count,
     streamWindow: count,
+    maxFramePayload: count,
     instance: text,
   })
   .map((body) => ({ type: FrameType.HELLO, streamId: 0, body }));
@@ -130,7 +131,7 @@ const cutPoints = fc.array(fc.nat(), { maxLength: 30 });
 
 /** Required body fields of each control frame type, with a value of the wrong type for each. */
 const REQUIRED_FIELDS: Record<number, Record<string, 'string' | 'number' | 'boolean'>> = {
-  [FrameType.HELLO]: { version: 'number', role: 'string', id: 'string', heartbeatMs: 'number', streamWindow: 'number', instance: 'string' },
+  [FrameType.HELLO]: { version: 'number', role: 'string', id: 'string', heartbeatMs: 'number', streamWindow: 'number', maxFramePayload: 'number', instance: 'string' },
   [FrameType.OPEN]: { clientId: 'string', window: 'number', keepalive: 'number', protocolVersion: 'number', cleanSession: 'boolean' },
   [FrameType.ACCEPT]: { window: 'number', received: 'number' },
   [FrameType.RESUME]: { clientId: 'string', window: 'number', received: 'number' },
@@ -144,7 +145,7 @@ const WRONG_VALUES: Record<'string' | 'number' | 'boolean', unknown[]> = {
   boolean: [0, 1, 'true', null, []],
 };
 const VALID_BODIES: Record<number, Record<string, unknown>> = {
-  [FrameType.HELLO]: { version: PROTOCOL_VERSION, role: 'agent', id: 'site-7', heartbeatMs: 5000, streamWindow: 65536, instance: 'f3a9c2' },
+  [FrameType.HELLO]: { version: PROTOCOL_VERSION, role: 'agent', id: 'site-7', heartbeatMs: 5000, streamWindow: 65536, maxFramePayload: 1048576, instance: 'f3a9c2' },
   [FrameType.OPEN]: { clientId: 'dev-1', window: 65536, keepalive: 60, protocolVersion: 4, cleanSession: true },
   [FrameType.ACCEPT]: { window: 65536, received: 0 },
   [FrameType.RESUME]: { clientId: 'dev-1', window: 65536, received: 12 },
@@ -376,5 +377,27 @@ describe('frame codec: hostile input', () => {
       ),
       { numRuns: 500 },
     );
+  });
+});
+
+describe('frame codec: numeric fields', () => {
+  it('refuses windows, offsets and intervals that are negative, fractional or not finite', () => {
+    const bad = [-1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 53];
+    for (const value of bad) {
+      for (const [type, field] of [
+        [FrameType.OPEN, 'window'],
+        [FrameType.ACCEPT, 'received'],
+        [FrameType.RESUME, 'window'],
+        [FrameType.HELLO, 'maxFramePayload'],
+      ] as const) {
+        const body = { ...VALID_BODIES[type], [field]: value };
+        expect(errorCodeOf(() => decodeFrames(controlFrameWithBody(type, body), MAX_PAYLOAD))).toBe('E_FRAME_MALFORMED');
+      }
+    }
+  });
+
+  it('refuses a HELLO whose role is neither agent nor hub', () => {
+    const body = { ...VALID_BODIES[FrameType.HELLO], role: 'broker' };
+    expect(errorCodeOf(() => decodeFrames(controlFrameWithBody(FrameType.HELLO, body), MAX_PAYLOAD))).toBe('E_FRAME_MALFORMED');
   });
 });
