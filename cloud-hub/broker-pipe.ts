@@ -1,24 +1,15 @@
 import { Duplex } from 'node:stream';
-
-/** The session side of an in-process connection to the embedded broker. */
-export interface BrokerPipeOwner {
-  /** Bytes the broker wrote for the device; call `done` when the broker may write more. */
-  fromBroker(chunk: Buffer, done: () => void): void;
-  /** The broker read everything pushed so far: held credit may be returned. */
-  brokerReadable(): void;
-  /** The broker closed or dropped the connection. */
-  brokerClosed(): void;
-}
+import type { BrokerLink, BrokerLinkOwner } from './broker-link.js';
 
 /**
  * A Duplex handed to `aedes.handle()` in place of a socket: what the session
  * pushes the broker reads as client bytes, and what the broker writes goes
  * straight back to the session. No socket per device.
  */
-export class BrokerPipe extends Duplex {
+export class BrokerPipe extends Duplex implements BrokerLink {
   private closedNotified = false;
 
-  constructor(private readonly owner: BrokerPipeOwner) {
+  constructor(private readonly owner: BrokerLinkOwner) {
     super({ readableHighWaterMark: 64 * 1024, writableHighWaterMark: 64 * 1024 });
   }
 

@@ -3,6 +3,32 @@ import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 
 const port = z.number().int().min(0).max(65535);
 
+const brokerSchema = z.strictObject({
+  url: z.string().regex(/^mqtts?:\/\/[^/:]+(:\d{1,5})?\/?$/, 'expected mqtt://host[:port] or mqtts://host[:port]'),
+  /** PEM files for mqtts: the CA that signed the broker, and a client certificate if the broker wants one. */
+  ca: z.string().optional(),
+  cert: z.string().optional(),
+  key: z.string().optional(),
+  rejectUnauthorized: z.boolean().default(true),
+  serverName: z.string().optional(),
+});
+
+const routeSchema = z.strictObject({
+  name: z.string().optional(),
+  match: z
+    .strictObject({ clientId: z.string().optional(), username: z.string().optional(), agentId: z.string().optional() })
+    .prefault({}),
+  backend: z.union([
+    z.literal('embedded'),
+    z.strictObject({
+      brokers: z.array(brokerSchema).min(1, 'name at least one broker'),
+      healthCheckMs: z.number().int().min(0).default(5000),
+    }),
+  ]),
+});
+
+export type RouteConfig = z.output<typeof routeSchema>;
+
 export const hubConfigSchema = z.strictObject({
   hubId: z.string().min(1).default('hub-1'),
   tunnel: z.strictObject({ host: z.string().default('0.0.0.0'), port: port.default(8883) }).prefault({}),
@@ -22,6 +48,8 @@ export const hubConfigSchema = z.strictObject({
   deadAfterMs: z.number().int().min(300).default(TUNNEL_DEFAULTS.deadAfterMs),
   resumeGraceMs: z.number().int().min(0).default(TUNNEL_DEFAULTS.resumeGraceMs),
   maxQueuedBytes: z.number().int().min(64 * 1024).default(TUNNEL_DEFAULTS.maxQueuedBytes),
+  /** First match wins; devices no route matches use the embedded broker. */
+  routes: z.array(routeSchema).default([]),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 }).refine((config) => config.tls !== undefined || config.devPki !== undefined, {
   message: 'set tls (ca, cert, key file paths) or devPki (a directory for a development PKI)',

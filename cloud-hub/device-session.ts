@@ -3,7 +3,8 @@ import type { Logger } from '../shared/logger.js';
 import { MqttFramer, PacketType, packetTypeOf, PINGREQ_BYTES } from '../shared/mqtt-framing.js';
 import type { MuxStream, StreamSink } from '../shared/mux-stream.js';
 import type { Tunnel } from '../shared/tunnel.js';
-import { BrokerPipe, type BrokerPipeOwner } from './broker-pipe.js';
+import { effectiveKeepalive, parseConnack, refusalConnack } from '../shared/connack.js';
+import type { BrokerLink, BrokerLinkOwner } from './broker-link.js';
 
 /** How long a broker may take to read a closed device's last bytes before the link is cut. */
 const BROKER_END_TIMEOUT_MS = 5000;
@@ -22,6 +23,7 @@ export interface DeviceSessionOptions {
   agentId: string;
   /** Device keepalive in seconds from its CONNECT (MQTT 3.1.1 §3.1.2.10); 0 disables it. */
   keepaliveSeconds: number;
+  protocolVersion: number;
   maxPacketSize: number;
   /**
    * Bytes the broker may queue for a device that is not reading before the
@@ -40,9 +42,10 @@ export interface DeviceSessionOptions {
  * broker side alive by pinging on the device's behalf and swallowing the
  * PINGRESPs.
  */
-export class DeviceSession implements StreamSink, BrokerPipeOwner {
+export class DeviceSession implements StreamSink, BrokerLinkOwner {
   state: SessionState = 'attached';
-  readonly pipe: BrokerPipe;
+  /** The device's connection to its broker, set by `connectBroker`. */
+  link!: BrokerLink;
   stream!: SessionStream;
   detachedAt = 0;
   /** QoS 0 messages dropped because the device could not take them. */
@@ -56,9 +59,16 @@ export class DeviceSession implements StreamSink, BrokerPipeOwner {
   /** The broker ended the session while the stream was detached: tell the agent once it is back. */
   private closeOnResume = false;
 
+  /** The device's keepalive, or the server's when an MQTT 5 broker set one. */
+  private keepaliveSeconds: number;
+
   constructor(private readonly options: DeviceSessionOptions) {
+    this.keepaliveSeconds = options.keepaliveSeconds;
     this.framer = new MqttFramer(options.maxPacketSize);
-    this.pipe = new BrokerPipe(this);
+  }
+
+  connectBroker(makeLink: (owner: BrokerLinkOwner) => BrokerLink): void {
+    this.link = makeLink(this);
   }
 
   get clientId(): string {
@@ -76,7 +86,7 @@ export class DeviceSession implements StreamSink, BrokerPipeOwner {
   // device → broker
   data(payload: Buffer): void {
     this.lastToBrokerAt = Date.now();
-    if (this.pipe.push(payload)) {
+    if (this.link.push(payload)) {
       this.stream.consume(payload.length);
     } else {
       this.creditHeldBack += payload.length;
@@ -102,7 +112,7 @@ export class DeviceSession implements StreamSink, BrokerPipeOwner {
         this.framer.push(chunk, (packet) => this.toDevice(packet));
       } catch (err) {
         this.options.log.error({ clientId: this.clientId, err }, 'broker wrote an unframeable packet');
-        this.pipe.destroy();
+        this.link.destroy();
       }
     }
     done();
@@ -111,13 +121,16 @@ export class DeviceSession implements StreamSink, BrokerPipeOwner {
   private toDevice(packet: Buffer): void {
     const type = packetTypeOf(packet);
     if (type === PacketType.PINGRESP) return;
+    if (type === PacketType.CONNACK && this.options.protocolVersion === 5) {
+      this.keepaliveSeconds = effectiveKeepalive(this.keepaliveSeconds, parseConnack(packet, 5));
+    }
     if (packet.length > this.stream.maxPeerPayload) {
       // The agent would close the whole tunnel on it; only this device's session ends.
       this.options.log.warn(
         { clientId: this.clientId, agentId: this.agentId, bytes: packet.length, reason: 'packet larger than the agent accepts' },
         'ending device session',
       );
-      this.pipe.destroy();
+      this.link.destroy();
       return;
     }
     if (this.waiting.length === 0 && this.stream.canWrite) {
@@ -132,14 +145,14 @@ export class DeviceSession implements StreamSink, BrokerPipeOwner {
     }
     this.waiting.push(packet);
     this.waitingBytes += packet.length;
-    if (this.waitingBytes > this.options.maxQueuedBytes && !this.pipe.destroyed) {
+    if (this.waitingBytes > this.options.maxQueuedBytes && !this.link.destroyed) {
       this.options.log.warn(
         { clientId: this.clientId, agentId: this.agentId, queuedBytes: this.waitingBytes, reason: 'slow consumer' },
         'device is not reading; ending its session',
       );
       this.waiting = [];
       this.waitingBytes = 0;
-      this.pipe.destroy();
+      this.link.destroy();
     }
   }
 
@@ -155,11 +168,11 @@ export class DeviceSession implements StreamSink, BrokerPipeOwner {
 
   /** Called by the hub's sweep: keeps the broker's keepalive satisfied while the device is idle or away. */
   keepBrokerAlive(now: number): void {
-    const keepaliveMs = this.options.keepaliveSeconds * 1000;
+    const keepaliveMs = this.keepaliveSeconds * 1000;
     if (this.state === 'closed' || keepaliveMs === 0) return;
     if (now - this.lastToBrokerAt >= keepaliveMs / 2) {
       this.lastToBrokerAt = now;
-      this.pipe.push(PINGREQ_BYTES);
+      this.link.push(PINGREQ_BYTES);
     }
   }
 
@@ -193,6 +206,13 @@ export class DeviceSession implements StreamSink, BrokerPipeOwner {
     this.endBrokerSide();
   }
 
+  brokerUnavailable(reason: string): void {
+    if (this.state === 'closed') return;
+    this.options.log.warn({ clientId: this.clientId, agentId: this.agentId, reason }, 'device refused: no broker');
+    this.stream.write(refusalConnack(this.options.protocolVersion, 'server-unavailable'));
+    this.brokerClosed();
+  }
+
   brokerClosed(): void {
     if (this.state === 'closed') return;
     if (this.state === 'detached') {
@@ -208,8 +228,8 @@ export class DeviceSession implements StreamSink, BrokerPipeOwner {
     // The broker itself publishes the will unless it saw a DISCONNECT, which
     // is exactly the abrupt case; the timer only guards a broker that stopped reading.
     this.finish();
-    this.pipe.push(null);
-    setTimeout(() => this.pipe.destroy(), BROKER_END_TIMEOUT_MS).unref();
+    this.link.push(null);
+    setTimeout(() => this.link.destroy(), BROKER_END_TIMEOUT_MS).unref();
   }
 
   private finish(): void {

@@ -1,14 +1,16 @@
 import type { AddressInfo } from 'node:net';
 import tls from 'node:tls';
-import mqttPacket from 'mqtt-packet';
 import type { Aedes } from 'aedes';
+import { refusalConnack } from '../shared/connack.js';
 import { type ControlFrame, FrameType, type OpenBody, PROTOCOL_VERSION, type ResumeBody } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import { Tunnel } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
+import { BrokerPipe } from './broker-pipe.js';
 import { DeviceSession, type SessionStream } from './device-session.js';
 import { type EmbeddedBroker, startEmbeddedBroker } from './embedded-broker.js';
+import { type Route, Router } from './routes.js';
 
 export interface HubOptions {
   tunnelHost: string;
@@ -25,6 +27,8 @@ export interface HubOptions {
   resumeGraceMs: number;
   /** Per device: bytes the broker may queue for a device that does not read before it is cut off. */
   maxQueuedBytes: number;
+  /** Which broker each device goes to; without routes every device uses the embedded broker. */
+  routes?: Route[];
   log: Logger;
 }
 
@@ -43,8 +47,6 @@ interface AgentRecord {
   tunnels: Set<Tunnel>;
 }
 
-/** MQTT 5 reason code 0x84, Unsupported Protocol Version (§3.2.2.2): aedes speaks 3.1.1 only. */
-const UNSUPPORTED_PROTOCOL_VERSION = 0x84;
 const SWEEP_INTERVAL_MS = 1000;
 /** An agent may ask for a large window, but the hub's replay memory per stream stays bounded. */
 const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
@@ -60,6 +62,7 @@ function capWindow(window: number): number {
 export class CloudHub {
   readonly broker: Aedes;
   readonly sessions = new Set<DeviceSession>();
+  private readonly router: Router;
   private readonly agents = new Map<string, AgentRecord>();
   private readonly tunnels = new Set<Tunnel>();
   private readonly sweep: NodeJS.Timeout;
@@ -70,6 +73,7 @@ export class CloudHub {
     private readonly tunnelServer: tls.Server,
   ) {
     this.broker = embedded.broker;
+    this.router = new Router(options.routes ?? []);
     tunnelServer.on('secureConnection', (socket) => this.acceptTunnel(socket));
     tunnelServer.on('tlsClientError', (err, socket) => {
       options.log.warn({ remote: socket.remoteAddress, reason: err.message }, 'tunnel TLS handshake refused');
@@ -123,6 +127,7 @@ export class CloudHub {
       for (const tunnel of this.tunnels) tunnel.close('hub shutting down');
     });
     for (const session of [...this.sessions]) session.expire();
+    this.router.close();
     await this.embedded.close();
   }
 
@@ -235,6 +240,7 @@ export class CloudHub {
       clientId: open.clientId,
       agentId: record.agentId,
       keepaliveSeconds: open.keepalive,
+      protocolVersion: open.protocolVersion,
       maxPacketSize: this.options.maxPacketSize,
       maxQueuedBytes: this.options.maxQueuedBytes,
       log,
@@ -246,13 +252,10 @@ export class CloudHub {
     const stream: SessionStream = new MuxStream(streamId, tunnel, session, capWindow(open.window), this.options.streamWindow, this.options.maxPacketSize);
     session.bind(stream);
     tunnel.send({ type: FrameType.ACCEPT, streamId, body: { window: this.options.streamWindow, received: 0 } });
-    if (open.protocolVersion === 5) {
+    const backend = this.router.backendFor({ clientId: open.clientId, username: open.username, agentId: record.agentId });
+    if (backend.kind === 'embedded' && open.protocolVersion === 5) {
       log.info({ clientId: open.clientId, reason: 'MQTT 5 on the embedded 3.1.1 broker' }, 'device refused');
-      const connack = mqttPacket.generate(
-        { cmd: 'connack', reasonCode: UNSUPPORTED_PROTOCOL_VERSION, sessionPresent: false },
-        { protocolVersion: 5 },
-      );
-      stream.write(connack);
+      stream.write(refusalConnack(5, 'unsupported-protocol'));
       tunnel.send({ type: FrameType.CLOSE, streamId, body: { reason: 'unsupported protocol version', abrupt: false } });
       stream.close();
       return;
@@ -260,7 +263,15 @@ export class CloudHub {
     tunnel.streams.set(streamId, stream);
     record.streams.set(streamId, stream);
     this.sessions.add(session);
-    this.broker.handle(session.pipe);
+    if (backend.kind === 'embedded') {
+      session.connectBroker((owner) => {
+        const pipe = new BrokerPipe(owner);
+        this.broker.handle(pipe);
+        return pipe;
+      });
+    } else {
+      session.connectBroker((owner) => backend.group.connect(owner));
+    }
   }
 
   private resumeSession(tunnel: Tunnel, record: AgentRecord, streamId: number, resume: ResumeBody, log: Logger): void {

@@ -1,14 +1,18 @@
 import { readPem } from '../shared/cli-support.js';
 import { createLogger } from '../shared/logger.js';
 import { ensureDevPki } from '../shared/pki.js';
-import type { HubConfig } from './config.js';
+import type { Logger } from '../shared/logger.js';
+import type { HubConfig, RouteConfig } from './config.js';
+import { type ExternalBrokerEndpoint, ExternalBrokerGroup } from './external-broker.js';
 import { CloudHub } from './hub.js';
+import type { Route } from './routes.js';
 
 /** Starts a hub from validated configuration. */
 export async function startHub(config: HubConfig): Promise<CloudHub> {
   const tls = config.tls
     ? { ca: readPem(config.tls.ca, 'tls.ca'), cert: readPem(config.tls.cert, 'tls.cert'), key: readPem(config.tls.key, 'tls.key') }
     : await devPkiMaterial(config.devPki!);
+  const log = createLogger('cloud-hub', config.logLevel);
   return CloudHub.start({
     hubId: config.hubId,
     tunnelHost: config.tunnel.host,
@@ -22,11 +26,42 @@ export async function startHub(config: HubConfig): Promise<CloudHub> {
     deadAfterMs: config.deadAfterMs,
     resumeGraceMs: config.resumeGraceMs,
     maxQueuedBytes: config.maxQueuedBytes,
-    log: createLogger('cloud-hub', config.logLevel),
+    routes: config.routes.map((route, index) => resolveRoute(route, index, log)),
+    log,
   });
 }
 
 async function devPkiMaterial(dir: string): Promise<{ ca: string; cert: string; key: string }> {
   const pki = await ensureDevPki(dir);
   return { ca: pki.ca, cert: pki.hub.cert, key: pki.hub.key };
+}
+
+/** Turns a configured route into live backends, reading its PEM files now so a bad path stops start-up. */
+export function resolveRoute(route: RouteConfig, index: number, log: Logger): Route {
+  const name = route.name ?? `routes[${index}]`;
+  if (route.backend === 'embedded') return { name, match: route.match, backend: { kind: 'embedded' } };
+  const endpoints = route.backend.brokers.map((broker, brokerIndex): ExternalBrokerEndpoint => {
+    const key = `routes[${index}].backend.brokers[${brokerIndex}]`;
+    const url = new URL(broker.url);
+    const secure = url.protocol === 'mqtts:';
+    return {
+      url: broker.url,
+      host: url.hostname,
+      port: url.port === '' ? (secure ? 8883 : 1883) : Number(url.port),
+      tls: secure
+        ? {
+            ca: broker.ca === undefined ? undefined : readPem(broker.ca, `${key}.ca`),
+            cert: broker.cert === undefined ? undefined : readPem(broker.cert, `${key}.cert`),
+            key: broker.key === undefined ? undefined : readPem(broker.key, `${key}.key`),
+            rejectUnauthorized: broker.rejectUnauthorized,
+            servername: broker.serverName,
+          }
+        : undefined,
+    };
+  });
+  return {
+    name,
+    match: route.match,
+    backend: { kind: 'external', group: new ExternalBrokerGroup(name, endpoints, route.backend.healthCheckMs, log) },
+  };
 }

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import mqttPacket, { type IConnectPacket, type Packet } from 'mqtt-packet';
+import { refusalConnack } from '../shared/connack.js';
 import { EdgemuxError } from '../shared/errors.js';
 
 export interface DeviceConnect {
@@ -16,10 +17,6 @@ export interface DeviceConnect {
 export type ConnectVerdict =
   | { ok: true; connect: DeviceConnect }
   | { ok: false; reason: string; connack: Buffer };
-
-/** CONNACK return code 2 (MQTT 3.1.1 §3.2.2.3) and reason code 0x85 (MQTT 5 §3.2.2.2). */
-const IDENTIFIER_REJECTED_V4 = 2;
-const CLIENT_ID_NOT_VALID_V5 = 0x85;
 
 /** Parses one whole CONNECT packet; throws E_MQTT_MALFORMED when mqtt-packet cannot. */
 export function parseConnect(bytes: Buffer): IConnectPacket {
@@ -59,7 +56,7 @@ export function admitConnect(bytes: Buffer, assignPrefix: string): ConnectVerdic
       return {
         ok: false,
         reason: 'empty client ID without clean session',
-        connack: refusal(protocolVersion, protocolVersion === 5 ? CLIENT_ID_NOT_VALID_V5 : IDENTIFIER_REJECTED_V4),
+        connack: refusalConnack(protocolVersion, 'identifier-rejected'),
       };
     }
     clientId = `${assignPrefix}${randomBytes(8).toString('hex')}`;
@@ -78,11 +75,4 @@ export function admitConnect(bytes: Buffer, assignPrefix: string): ConnectVerdic
       clientIdAssigned,
     },
   };
-}
-
-export function refusal(protocolVersion: number, code: number): Buffer {
-  if (protocolVersion === 5) {
-    return mqttPacket.generate({ cmd: 'connack', reasonCode: code, sessionPresent: false }, { protocolVersion: 5 });
-  }
-  return mqttPacket.generate({ cmd: 'connack', returnCode: code, sessionPresent: false });
 }

@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import { effectiveKeepalive, parseConnack } from '../shared/connack.js';
 import { isEdgemuxError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { MqttFramer, PacketType, packetTypeOf, PINGRESP_BYTES } from '../shared/mqtt-framing.js';
@@ -36,6 +37,9 @@ export class DeviceConnection implements StreamSink {
   clientId: string | null = null;
   stream: MuxStream<DeviceConnection, Tunnel> | null = null;
   private keepaliveMs = 0;
+  private protocolVersion = 4;
+  /** The next bytes from the hub are the broker's CONNACK. */
+  private awaitingConnack = false;
   private lastHeardAt: number;
   private readonly acceptedAt: number;
   private readonly framer: MqttFramer;
@@ -75,6 +79,7 @@ export class DeviceConnection implements StreamSink {
       this.stream?.consume(payload.length);
       return;
     }
+    if (this.awaitingConnack) this.onConnack(payload);
     // While earlier bytes wait for 'drain', later ones wait behind them: credit
     // is returned in stream order, on payload boundaries.
     if (this.host.batcher.write(this.socket, payload) && this.unflushedBytes === 0) {
@@ -166,6 +171,8 @@ export class DeviceConnection implements StreamSink {
     const { connect } = verdict;
     this.clientId = connect.clientId;
     this.keepaliveMs = connect.keepaliveSeconds * 1000;
+    this.protocolVersion = connect.protocolVersion;
+    this.awaitingConnack = true;
     const stream = this.host.openStream(this, connect);
     if (stream === null) {
       this.fail('no tunnel to the hub is up');
@@ -173,6 +180,13 @@ export class DeviceConnection implements StreamSink {
     }
     this.stream = stream;
     this.state = 'attached';
+  }
+
+  /** MQTT 5 §3.2.2.3.14: a Server Keep Alive in the CONNACK replaces the device's own keepalive. */
+  private onConnack(payload: Buffer): void {
+    this.awaitingConnack = false;
+    if (this.protocolVersion !== 5 || packetTypeOf(payload) !== PacketType.CONNACK) return;
+    this.keepaliveMs = effectiveKeepalive(this.keepaliveMs / 1000, parseConnack(payload, 5)) * 1000;
   }
 
   private onDrain(): void {
