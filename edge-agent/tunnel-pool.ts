@@ -9,6 +9,7 @@ import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 
 /** The agent's replay memory per stream stays bounded whatever window the hub grants. */
 const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
+const DIALS_BEFORE_NEXT_HUB = 2;
 
 export interface HubAddress {
   host: string;
@@ -47,6 +48,8 @@ interface Slot {
   backoff: Backoff;
   retry: NodeJS.Timeout | null;
   hubCursor: number;
+  /** Dials to the current hub that failed in a row. */
+  failedDials: number;
 }
 
 /**
@@ -72,7 +75,9 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       hubStreamWindow: options.streamWindow,
       backoff: new Backoff({ initialMs: options.backoffInitialMs, maxMs: options.backoffMaxMs }),
       retry: null,
-      hubCursor: index % options.hubs.length,
+      // Every tunnel starts on the first hub: streams resume only on the hub that holds their sessions.
+      hubCursor: 0,
+      failedDials: 0,
     }));
   }
 
@@ -204,7 +209,13 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       } else {
         log.warn({ reason }, 'tunnel failed to come up');
       }
-      slot.hubCursor = (slot.hubCursor + 1) % this.options.hubs.length;
+      // A tunnel that was up is redialled on the same hub, where its streams
+      // can resume; a hub that keeps refusing gives way to the next one.
+      slot.failedDials = wasReady ? 0 : slot.failedDials + 1;
+      if (slot.failedDials >= DIALS_BEFORE_NEXT_HUB) {
+        slot.failedDials = 0;
+        slot.hubCursor = (slot.hubCursor + 1) % this.options.hubs.length;
+      }
       const delay = slot.backoff.nextDelayMs();
       slot.retry = setTimeout(() => {
         slot.retry = null;
