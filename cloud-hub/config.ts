@@ -48,6 +48,10 @@ export const hubConfigSchema = z.strictObject({
   deadAfterMs: z.number().int().min(300).default(TUNNEL_DEFAULTS.deadAfterMs),
   resumeGraceMs: z.number().int().min(0).default(TUNNEL_DEFAULTS.resumeGraceMs),
   maxQueuedBytes: z.number().int().min(64 * 1024).default(TUNNEL_DEFAULTS.maxQueuedBytes),
+  /** Which client IDs each agent may speak for (globs); without entries, any. */
+  namespaces: z
+    .array(z.strictObject({ agentId: z.string().min(1), clientIds: z.array(z.string().min(1)).min(1) }))
+    .default([]),
   /** First match wins; devices no route matches use the embedded broker. */
   routes: z.array(routeSchema).default([]),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

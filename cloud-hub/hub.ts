@@ -1,7 +1,7 @@
 import type { AddressInfo } from 'node:net';
 import tls from 'node:tls';
 import type { Aedes } from 'aedes';
-import { refusalConnack } from '../shared/connack.js';
+import { type RefusalKind, refusalConnack } from '../shared/connack.js';
 import { type ControlFrame, FrameType, type OpenBody, PROTOCOL_VERSION, type ResumeBody } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
@@ -10,7 +10,7 @@ import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 import { BrokerPipe } from './broker-pipe.js';
 import { DeviceSession, type SessionStream } from './device-session.js';
 import { type EmbeddedBroker, startEmbeddedBroker } from './embedded-broker.js';
-import { type Route, Router } from './routes.js';
+import { Namespaces, type NamespaceRule, type Route, Router } from './routes.js';
 
 export interface HubOptions {
   tunnelHost: string;
@@ -29,6 +29,8 @@ export interface HubOptions {
   maxQueuedBytes: number;
   /** Which broker each device goes to; without routes every device uses the embedded broker. */
   routes?: Route[];
+  /** Which client IDs each agent may speak for; without rules, any. */
+  namespaces?: NamespaceRule[];
   log: Logger;
 }
 
@@ -63,6 +65,7 @@ export class CloudHub {
   readonly broker: Aedes;
   readonly sessions = new Set<DeviceSession>();
   private readonly router: Router;
+  private readonly namespaces: Namespaces;
   private readonly agents = new Map<string, AgentRecord>();
   private readonly tunnels = new Set<Tunnel>();
   private readonly sweep: NodeJS.Timeout;
@@ -74,6 +77,7 @@ export class CloudHub {
   ) {
     this.broker = embedded.broker;
     this.router = new Router(options.routes ?? []);
+    this.namespaces = new Namespaces(options.namespaces ?? []);
     tunnelServer.on('secureConnection', (socket) => this.acceptTunnel(socket));
     tunnelServer.on('tlsClientError', (err, socket) => {
       options.log.warn({ remote: socket.remoteAddress, reason: err.message }, 'tunnel TLS handshake refused');
@@ -252,12 +256,19 @@ export class CloudHub {
     const stream: SessionStream = new MuxStream(streamId, tunnel, session, capWindow(open.window), this.options.streamWindow, this.options.maxPacketSize);
     session.bind(stream);
     tunnel.send({ type: FrameType.ACCEPT, streamId, body: { window: this.options.streamWindow, received: 0 } });
+    const refuse = (reason: string, kind: RefusalKind): void => {
+      log.info({ clientId: open.clientId, streamId, reason }, 'device refused');
+      stream.write(refusalConnack(open.protocolVersion, kind));
+      tunnel.send({ type: FrameType.CLOSE, streamId, body: { reason, abrupt: false } });
+      stream.close();
+    };
+    if (!this.namespaces.allows(record.agentId, open.clientId)) {
+      refuse(`client ID outside the namespace of agent ${record.agentId}`, 'not-authorized');
+      return;
+    }
     const backend = this.router.backendFor({ clientId: open.clientId, username: open.username, agentId: record.agentId });
     if (backend.kind === 'embedded' && open.protocolVersion === 5) {
-      log.info({ clientId: open.clientId, reason: 'MQTT 5 on the embedded 3.1.1 broker' }, 'device refused');
-      stream.write(refusalConnack(5, 'unsupported-protocol'));
-      tunnel.send({ type: FrameType.CLOSE, streamId, body: { reason: 'unsupported protocol version', abrupt: false } });
-      stream.close();
+      refuse('MQTT 5 on the embedded 3.1.1 broker', 'unsupported-protocol');
       return;
     }
     tunnel.streams.set(streamId, stream);

@@ -26,6 +26,7 @@ export async function startHub(config: HubConfig): Promise<CloudHub> {
     deadAfterMs: config.deadAfterMs,
     resumeGraceMs: config.resumeGraceMs,
     maxQueuedBytes: config.maxQueuedBytes,
+    namespaces: config.namespaces,
     routes: config.routes.map((route, index) => resolveRoute(route, index, log)),
     log,
   });

@@ -62,3 +62,28 @@ export class Router {
     for (const route of this.routes) if (route.backend.kind === 'external') route.backend.group.close();
   }
 }
+
+/** Which client IDs an agent may speak for: agents matching `agentId` may use client IDs matching any of `clientIds`. */
+export interface NamespaceRule {
+  agentId: string;
+  clientIds: string[];
+}
+
+/**
+ * An agent can only speak for client IDs in its own namespace. Without rules
+ * every agent may use any client ID; with rules, an ID is allowed when a rule
+ * for the agent allows it, and IDs the agent assigned itself (emx-<agent>-...)
+ * are always its own.
+ */
+export class Namespaces {
+  private readonly rules: { agent: RegExp; clientIds: RegExp[] }[];
+
+  constructor(rules: NamespaceRule[]) {
+    this.rules = rules.map((rule) => ({ agent: globToRegExp(rule.agentId), clientIds: rule.clientIds.map(globToRegExp) }));
+  }
+
+  allows(agentId: string, clientId: string): boolean {
+    if (this.rules.length === 0 || clientId.startsWith(`emx-${agentId}-`)) return true;
+    return this.rules.some((rule) => rule.agent.test(agentId) && rule.clientIds.some((pattern) => pattern.test(clientId)));
+  }
+}

@@ -1,12 +1,13 @@
 import mqttPacket, { type IConnackPacket, type Packet } from 'mqtt-packet';
 
-export type RefusalKind = 'unsupported-protocol' | 'identifier-rejected' | 'server-unavailable';
+export type RefusalKind = 'unsupported-protocol' | 'identifier-rejected' | 'server-unavailable' | 'not-authorized';
 
 /** Return codes of MQTT 3.1.1 §3.2.2.3 and reason codes of MQTT 5 §3.2.2.2 for each refusal. */
 const CODES: Record<RefusalKind, { v4: number; v5: number }> = {
   'unsupported-protocol': { v4: 1, v5: 0x84 },
   'identifier-rejected': { v4: 2, v5: 0x85 },
   'server-unavailable': { v4: 3, v5: 0x88 },
+  'not-authorized': { v4: 5, v5: 0x87 },
 };
 
 /** A CONNACK refusing a device, in the device's own protocol version. */

@@ -210,6 +210,27 @@ describe('devices through agent, tunnel and hub to the embedded broker', () => {
   });
 });
 
+describe('client-ID namespaces', () => {
+  let chain: Chain;
+  afterEach(async () => {
+    await chain.close();
+  });
+
+  it('refuses a client ID outside the agent’s namespace with CONNACK 5 and accepts one inside it', async () => {
+    chain = await startChain({ hub: { namespaces: [{ agentId: 'agent-1', clientIds: ['plant-a-*'] }] } });
+    const inside = await chain.device({ clientId: 'plant-a-pump-1' });
+    expect(inside.connected).toBe(true);
+    const outside = await rawDevice(chain.devicePort);
+    outside.socket.write(mqttPacket.generate({ cmd: 'connect', clientId: 'plant-b-pump-1', clean: true, keepalive: 30, protocolVersion: 4 }));
+    await outside.closed;
+    const [connack] = parsePackets(Buffer.concat(outside.received));
+    expect(connack).toMatchObject({ cmd: 'connack', returnCode: 5 });
+    // IDs the agent assigns itself are its own.
+    const anonymous = await chain.device({ clientId: '', clean: true });
+    expect(anonymous.connected).toBe(true);
+  });
+});
+
 describe('many devices on one tunnel', () => {
   let chain: Chain;
   afterEach(async () => {
