@@ -41,7 +41,7 @@ export interface HubStats {
   detached: number;
 }
 
-/** What the hub knows of one agent process: its streams outlive any one tunnel. */
+/** What the hub knows of one agent process (one worker of it): its streams outlive any one tunnel. */
 interface AgentRecord {
   agentId: string;
   instance: string;
@@ -119,9 +119,9 @@ export class CloudHub {
   stats(): HubStats {
     let detached = 0;
     for (const session of this.sessions) if (session.state === 'detached') detached++;
-    let agents = 0;
-    for (const record of this.agents.values()) if (record.tunnels.size > 0) agents++;
-    return { agents, tunnels: this.tunnels.size, sessions: this.sessions.size, detached };
+    const agents = new Set<string>();
+    for (const record of this.agents.values()) if (record.tunnels.size > 0) agents.add(record.agentId);
+    return { agents: agents.size, tunnels: this.tunnels.size, sessions: this.sessions.size, detached };
   }
 
   async close(): Promise<void> {
@@ -169,7 +169,7 @@ export class CloudHub {
           return;
         }
         tunnel.peerMaxFramePayload = frame.body.maxFramePayload;
-        record = this.registerAgent(agentId, frame.body.instance, log);
+        record = this.registerAgent(agentId, frame.body.worker ?? 0, frame.body.instance, log);
         record.tunnels.add(tunnel);
         tunnel.send({
           type: FrameType.HELLO,
@@ -205,9 +205,10 @@ export class CloudHub {
     });
   }
 
-  /** A new instance of a known agent means the old process is gone: its sessions cannot resume. */
-  private registerAgent(agentId: string, instance: string, log: Logger): AgentRecord {
-    const known = this.agents.get(agentId);
+  /** A new instance of a known agent worker means the old process is gone: its sessions cannot resume. */
+  private registerAgent(agentId: string, worker: number, instance: string, log: Logger): AgentRecord {
+    const key = `${agentId}#${worker}`;
+    const known = this.agents.get(key);
     if (known !== undefined && known.instance === instance) return known;
     if (known !== undefined) {
       log.info({ previousInstance: known.instance, sessions: known.streams.size }, 'agent restarted; ending its old sessions');
@@ -215,7 +216,7 @@ export class CloudHub {
       for (const tunnel of known.tunnels) tunnel.close('agent restarted');
     }
     const record: AgentRecord = { agentId, instance, streams: new Map(), tunnels: new Set() };
-    this.agents.set(agentId, record);
+    this.agents.set(key, record);
     return record;
   }
 

@@ -12,6 +12,8 @@ export type DeviceStream = MuxStream<DeviceConnection, Tunnel>;
 
 export interface AgentOptions {
   agentId: string;
+  /** Index of this worker process when the agent runs several (`--workers`); 0 otherwise. */
+  worker?: number;
   deviceHost: string;
   devicePort: number;
   hubs: HubAddress[];
@@ -76,6 +78,7 @@ export class EdgeAgent implements DeviceHost {
     this.assignedIdPrefix = `emx-${options.agentId}-`;
     this.pool = new TunnelPool({
       agentId: options.agentId,
+      worker: options.worker ?? 0,
       hubs: options.hubs,
       tunnels: options.tunnels,
       tls: options.tls,

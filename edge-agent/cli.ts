@@ -3,7 +3,10 @@ import { parseArgs } from 'node:util';
 import { numberFlag, onShutdown, runCli } from '../shared/cli-support.js';
 import { readConfigFile, validateConfig } from '../shared/config-loader.js';
 import { agentConfigSchema } from './config.js';
+import { createLogger } from '../shared/logger.js';
+import { ensureDevPki } from '../shared/pki.js';
 import { startAgent } from './main.js';
+import { superviseWorkers, workerIndex } from './workers.js';
 
 const HELP = `edge-agent: carries local MQTT devices over multiplexed TLS tunnels to a cloud hub
 
@@ -14,6 +17,7 @@ Usage: edge-agent [options]
   --port PORT          MQTT port devices connect to (default 1883)
   --hub HOST:PORT      a hub tunnel address; repeat for several hubs (default 127.0.0.1:8883)
   --tunnels K          tunnels kept to the hubs (default 2)
+  --workers N          processes sharing the device port, each with its own tunnels (default 1)
   --ca FILE --cert FILE --key FILE   TLS material (CA of the hub, agent certificate and key)
   --server-name NAME   name the hub certificate must carry (default: the hub host)
   --dev-pki DIR        create or reuse a development PKI in DIR instead of --ca/--cert/--key
@@ -29,6 +33,7 @@ runCli(async () => {
       port: { type: 'string' },
       hub: { type: 'string', multiple: true },
       tunnels: { type: 'string' },
+      workers: { type: 'string' },
       ca: { type: 'string' },
       cert: { type: 'string' },
       key: { type: 'string' },
@@ -57,6 +62,7 @@ runCli(async () => {
         listen: { host: values.host, port: numberFlag(values.port) },
         hubs: values.hub,
         tunnels: numberFlag(values.tunnels),
+        workers: numberFlag(values.workers),
         ...tlsFlags,
         devPki: values['dev-pki'],
         logLevel: values['log-level'],
@@ -64,6 +70,12 @@ runCli(async () => {
     ],
     'edge-agent',
   );
-  const agent = await startAgent(config);
+  const worker = workerIndex();
+  if (worker === null && config.workers > 1) {
+    if (config.devPki !== undefined) await ensureDevPki(config.devPki, { agentIds: [config.agentId] });
+    superviseWorkers(config.workers, createLogger('edge-agent', config.logLevel));
+    return;
+  }
+  const agent = await startAgent(config, worker ?? 0);
   onShutdown(() => agent.close());
 });

@@ -10,6 +10,8 @@ export const agentConfigSchema = z.strictObject({
   listen: z.strictObject({ host: z.string().default('0.0.0.0'), port: port.default(1883) }).prefault({}),
   hubs: z.array(hostPort).min(1, 'name at least one hub as host:port').default(['127.0.0.1:8883']),
   tunnels: z.number().int().min(1).max(16).default(2),
+  /** Processes sharing the device port; each holds its own tunnels. */
+  workers: z.number().int().min(1).max(64).default(1),
   tls: z
     .strictObject({
       ca: z.string().min(1, 'path to the CA certificate that signed the hub certificate'),

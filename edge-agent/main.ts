@@ -6,12 +6,13 @@ import { EdgeAgent } from './agent.js';
 import type { AgentConfig } from './config.js';
 
 /** Starts an agent from validated configuration. */
-export async function startAgent(config: AgentConfig): Promise<EdgeAgent> {
+export async function startAgent(config: AgentConfig, worker = 0): Promise<EdgeAgent> {
   const tls = config.tls
     ? { ca: readPem(config.tls.ca, 'tls.ca'), cert: readPem(config.tls.cert, 'tls.cert'), key: readPem(config.tls.key, 'tls.key') }
     : await devPkiMaterial(config.devPki!, config.agentId);
   return EdgeAgent.start({
     agentId: config.agentId,
+    worker,
     deviceHost: config.listen.host,
     devicePort: config.listen.port,
     hubs: config.hubs.map((hub, index) => parseHostPort(hub, `hubs[${index}]`)),
@@ -26,7 +27,7 @@ export async function startAgent(config: AgentConfig): Promise<EdgeAgent> {
     resumeGraceMs: config.resumeGraceMs,
     backoffInitialMs: config.backoffInitialMs,
     backoffMaxMs: config.backoffMaxMs,
-    log: createLogger('edge-agent', config.logLevel),
+    log: createLogger('edge-agent', config.logLevel).child({ worker }),
   });
 }
 

@@ -18,6 +18,8 @@ export interface HubAddress {
 
 export interface TunnelPoolOptions {
   agentId: string;
+  /** Index of this worker process when the agent runs several. */
+  worker: number;
   hubs: HubAddress[];
   tunnels: number;
   tls: { ca: string; cert: string; key: string };
@@ -172,6 +174,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
           streamWindow: this.options.streamWindow,
           maxFramePayload: this.options.maxFramePayload,
           instance: this.instance,
+          worker: this.options.worker,
         },
       });
     });

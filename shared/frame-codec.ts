@@ -36,6 +36,11 @@ export interface HelloBody {
   /** Largest frame payload the sender accepts; the peer never sends a larger one. */
   maxFramePayload: number;
   /**
+   * Which worker process of the agent this is (0 when it runs one). Workers
+   * share the agent's certificate and each holds its own streams.
+   */
+  worker?: number;
+  /**
    * Random per process start. Streams resume only within one instance: a
    * hub seeing a new agent instance ends the sessions of the old one at once.
    */
@@ -182,6 +187,9 @@ export function decodeControlBody(type: number, streamId: number, payload: Buffe
   requireFields(type, body, fields);
   if (type === FrameType.HELLO && body.role !== 'agent' && body.role !== 'hub') {
     throw new EdgemuxError('E_FRAME_MALFORMED', `HELLO: role must be agent or hub`);
+  }
+  if (type === FrameType.HELLO && body.worker !== undefined && !fieldMatches(body.worker, 'count')) {
+    throw new EdgemuxError('E_FRAME_MALFORMED', `HELLO: worker must be a non-negative integer`);
   }
   return { type, streamId, body } as unknown as ControlFrame;
 }

@@ -1,0 +1,59 @@
+import cluster, { type Worker } from 'node:cluster';
+import type { Logger } from '../shared/logger.js';
+
+/** Environment variable telling a forked worker its index. */
+export const WORKER_INDEX_ENV = 'EDGEMUX_AGENT_WORKER';
+
+/** A worker that dies is restarted after this long; more than RESTART_BUDGET deaths a minute stop the agent. */
+const RESTART_DELAY_MS = 1000;
+const RESTART_BUDGET = 10;
+
+export function workerIndex(): number | null {
+  const value = process.env[WORKER_INDEX_ENV];
+  return cluster.isWorker && value !== undefined ? Number(value) : null;
+}
+
+/**
+ * Runs the agent as `count` processes sharing the device listener
+ * (node:cluster), so one agent uses every core of the edge box and holds
+ * more devices than one process' descriptor limit. Each worker keeps its own
+ * tunnels and streams; the hub tells them apart by worker index.
+ */
+export function superviseWorkers(count: number, log: Logger): void {
+  const deaths: number[] = [];
+  let stopping = false;
+  const fork = (index: number): Worker => {
+    const worker = cluster.fork({ [WORKER_INDEX_ENV]: String(index) });
+    worker.on('exit', (code, signal) => {
+      if (stopping) return;
+      const now = Date.now();
+      deaths.push(now);
+      while (deaths.length > 0 && now - deaths[0] > 60_000) deaths.shift();
+      log.error({ worker: index, code, signal }, 'agent worker died');
+      if (deaths.length > RESTART_BUDGET) {
+        log.fatal({ deaths: deaths.length }, 'agent workers keep dying; stopping');
+        stopAll(1);
+        return;
+      }
+      setTimeout(() => fork(index), RESTART_DELAY_MS);
+    });
+    return worker;
+  };
+  const stopAll = (exitCode: number): void => {
+    stopping = true;
+    const workers = Object.values(cluster.workers ?? {}).filter((worker): worker is Worker => worker !== undefined);
+    let alive = workers.length;
+    if (alive === 0) process.exit(exitCode);
+    for (const worker of workers) {
+      worker.once('exit', () => {
+        if (--alive === 0) process.exit(exitCode);
+      });
+      worker.process.kill('SIGTERM');
+    }
+    setTimeout(() => process.exit(exitCode), 10_000).unref();
+  };
+  for (let index = 0; index < count; index++) fork(index);
+  log.info({ workers: count }, 'agent workers started');
+  process.on('SIGINT', () => stopAll(0));
+  process.on('SIGTERM', () => stopAll(0));
+}
