@@ -241,6 +241,41 @@ describe('Mosquitto restarts and several brokers', () => {
     expect((await message).payload.toString()).toBe('via secondary');
   });
 
+  it('honours an MQTT 5 Server Keep Alive: the hub pings the broker at its rate and the agent enforces it', async () => {
+    // Mosquitto answers a longer keepalive with Server Keep Alive = max_keepalive
+    // (MQTT 5 §3.2.2.3.14); 10 s is the smallest value it accepts.
+    const strict = await Mosquitto.start({ extraConfig: ['max_keepalive 10'] });
+    cleanups.push(() => strict.remove());
+    const chain = await startChain({ hub: { routes: routes({ backend: toBroker(strict.url) }) } });
+    cleanups.push(() => chain.close());
+
+    const device = await chain.device({ clientId: 'ska-device', protocolVersion: 5, keepalive: 60 });
+    let closed = false;
+    device.on('close', () => (closed = true));
+
+    // A device that goes silent is closed after 1.5 x the server's keepalive, not its own 60 s.
+    const silent = net.connect(chain.devicePort, '127.0.0.1');
+    silent.on('error', () => {});
+    // Read (and ignore) the CONNACK, or the socket never sees its close.
+    silent.resume();
+    const silentClosed = new Promise<number>((resolve) => silent.once('close', () => resolve(Date.now())));
+    await new Promise<void>((resolve) => silent.once('connect', () => resolve()));
+    silent.write(mqttPacket.generate({ cmd: 'connect', clientId: 'ska-silent', protocolVersion: 5, keepalive: 60, clean: true }, { protocolVersion: 5 }));
+    const started = Date.now();
+
+    // Past 1.5 server keepalives: the broker would have dropped a session nobody pinged.
+    await new Promise((resolve) => setTimeout(resolve, 16_500));
+    expect(closed).toBe(false);
+    const echo = new Promise<string>((resolve) => device.once('message', (_topic, payload) => resolve(payload.toString())));
+    await device.subscribeAsync('ska/echo', { qos: 1 });
+    await device.publishAsync('ska/echo', 'alive', { qos: 1 });
+    expect(await echo).toBe('alive');
+
+    const silentFor = (await silentClosed) - started;
+    expect(silentFor).toBeGreaterThanOrEqual(14_000);
+    expect(silentFor).toBeLessThan(17_000);
+  }, 30_000);
+
   it('refuses a device with "server unavailable" when no broker of its route answers', async () => {
     const gone = await Mosquitto.start();
     cleanups.push(() => gone.remove());
