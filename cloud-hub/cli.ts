@@ -3,6 +3,8 @@ import { parseArgs } from 'node:util';
 import { numberFlag, onShutdown, runCli } from '../shared/cli-support.js';
 import { readConfigFile, validateConfig } from '../shared/config-loader.js';
 import { hubConfigSchema } from './config.js';
+import { startMetricsServer } from '../shared/metrics-server.js';
+import { hubMetrics } from './hub-metrics.js';
 import { startHub } from './main.js';
 
 const HELP = `cloud-hub: takes agent tunnels apart into device sessions on a broker
@@ -16,6 +18,9 @@ Usage: cloud-hub [options]
   --app-port PORT      port for cloud MQTT applications (default 1883)
   --ca FILE --cert FILE --key FILE   TLS material (CA of the agents, hub certificate and key)
   --dev-pki DIR        create or reuse a development PKI in DIR instead of --ca/--cert/--key
+  --state FILE         SQLite file keeping persistent sessions, retained messages and offline
+                       queues across restarts, and the agent/device registry (default: in memory)
+  --metrics-port PORT  serve Prometheus /metrics and /healthz on 127.0.0.1:PORT (--metrics-host to change)
   --log-level LEVEL    fatal|error|warn|info|debug|trace|silent (default info)
   -h, --help`;
 
@@ -32,6 +37,9 @@ runCli(async () => {
       cert: { type: 'string' },
       key: { type: 'string' },
       'dev-pki': { type: 'string' },
+      state: { type: 'string' },
+      'metrics-port': { type: 'string' },
+      'metrics-host': { type: 'string' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -53,11 +61,19 @@ runCli(async () => {
         app: { host: values['app-host'], port: numberFlag(values['app-port']) },
         ...tlsFlags,
         devPki: values['dev-pki'],
+        statePath: values.state,
+        ...(values['metrics-port'] !== undefined ? { metrics: { host: values['metrics-host'], port: numberFlag(values['metrics-port']) } } : {}),
         logLevel: values['log-level'],
       },
     ],
     'cloud-hub',
   );
   const hub = await startHub(config);
-  onShutdown(() => hub.close());
+  const metrics = config.metrics
+    ? await startMetricsServer({ ...config.metrics, registry: hubMetrics(hub), health: () => ({ healthy: true, ...hub.stats() }) })
+    : null;
+  onShutdown(async () => {
+    await metrics?.close();
+    await hub.close();
+  });
 });

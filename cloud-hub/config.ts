@@ -40,6 +40,8 @@ export const hubConfigSchema = z.strictObject({
       key: z.string().min(1, 'path to the hub private key'),
     })
     .optional(),
+  /** SQLite file for the embedded broker's durable state and the agent/device registry; in memory when absent. */
+  statePath: z.string().min(1).optional(),
   /** A development PKI directory, created on first use; an alternative to `tls`. */
   devPki: z.string().optional(),
   streamWindow: z.number().int().min(1024).default(TUNNEL_DEFAULTS.streamWindow),
@@ -54,6 +56,8 @@ export const hubConfigSchema = z.strictObject({
     .default([]),
   /** First match wins; devices no route matches use the embedded broker. */
   routes: z.array(routeSchema).default([]),
+  /** Prometheus /metrics and /healthz; off unless a port is given. */
+  metrics: z.strictObject({ host: z.string().default('127.0.0.1'), port: port }).optional(),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 }).refine((config) => config.tls !== undefined || config.devPki !== undefined, {
   message: 'set tls (ca, cert, key file paths) or devPki (a directory for a development PKI)',

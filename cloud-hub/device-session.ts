@@ -50,6 +50,8 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   detachedAt = 0;
   /** QoS 0 messages dropped because the device could not take them. */
   droppedQos0 = 0;
+  /** Traffic counters, read by the hub's sweep for the device registry. */
+  readonly traffic = { bytesToBroker: 0, packetsToBroker: 0, bytesToDevice: 0, packetsToDevice: 0 };
   private lastToBrokerAt = Date.now();
   private readonly framer: MqttFramer;
   private creditHeldBack = 0;
@@ -65,6 +67,11 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   constructor(private readonly options: DeviceSessionOptions) {
     this.keepaliveSeconds = options.keepaliveSeconds;
     this.framer = new MqttFramer(options.maxPacketSize);
+  }
+
+  /** Broker output waiting for stream credit. */
+  get queuedBytes(): number {
+    return this.waitingBytes;
   }
 
   connectBroker(makeLink: (owner: BrokerLinkOwner) => BrokerLink): void {
@@ -86,6 +93,8 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   // device → broker
   data(payload: Buffer): void {
     this.lastToBrokerAt = Date.now();
+    this.traffic.bytesToBroker += payload.length;
+    this.traffic.packetsToBroker++;
     if (this.link.push(payload)) {
       this.stream.consume(payload.length);
     } else {
@@ -133,6 +142,8 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
       this.link.destroy();
       return;
     }
+    this.traffic.bytesToDevice += packet.length;
+    this.traffic.packetsToDevice++;
     if (this.waiting.length === 0 && this.stream.canWrite) {
       this.stream.write(packet);
       return;

@@ -1,5 +1,6 @@
 import net from 'node:net';
 import { Aedes } from 'aedes';
+import type { SqlitePersistence } from './sqlite-persistence.js';
 
 export interface EmbeddedBroker {
   broker: Aedes;
@@ -11,8 +12,16 @@ export interface EmbeddedBroker {
 /** Client IDs longer than aedes' default of 23 are common in fleets (MQTT 3.1.1 §3.1.3.1 allows it). */
 const MAX_CLIENT_ID_LENGTH = 256;
 
-export async function startEmbeddedBroker(options: { appHost: string; appPort: number }): Promise<EmbeddedBroker> {
-  const broker = await Aedes.createBroker({ maxClientsIdLength: MAX_CLIENT_ID_LENGTH });
+export async function startEmbeddedBroker(options: {
+  appHost: string;
+  appPort: number;
+  /** Durable sessions, retained messages and offline queues; in memory when absent. */
+  persistence?: SqlitePersistence;
+}): Promise<EmbeddedBroker> {
+  const broker = await Aedes.createBroker({
+    maxClientsIdLength: MAX_CLIENT_ID_LENGTH,
+    ...(options.persistence !== undefined ? { persistence: options.persistence } : {}),
+  });
   const appServer = net.createServer((socket) => broker.handle(socket));
   await new Promise<void>((resolve, reject) => {
     appServer.once('error', reject);
@@ -27,6 +36,7 @@ export async function startEmbeddedBroker(options: { appHost: string; appPort: n
     close: async () => {
       await new Promise<void>((resolve) => appServer.close(() => resolve()));
       await new Promise<void>((resolve) => broker.close(() => resolve()));
+      options.persistence?.close();
     },
   };
 }

@@ -10,6 +10,8 @@ import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 import { BrokerPipe } from './broker-pipe.js';
 import { DeviceSession, type SessionStream } from './device-session.js';
 import { type EmbeddedBroker, startEmbeddedBroker } from './embedded-broker.js';
+import { Registry } from './registry.js';
+import { SqlitePersistence } from './sqlite-persistence.js';
 import { Namespaces, type NamespaceRule, type Route, Router } from './routes.js';
 
 export interface HubOptions {
@@ -31,6 +33,12 @@ export interface HubOptions {
   routes?: Route[];
   /** Which client IDs each agent may speak for; without rules, any. */
   namespaces?: NamespaceRule[];
+  /**
+   * SQLite file for the embedded broker's sessions, retained messages and
+   * offline queues, and for the agent and device registry. Without it the
+   * broker keeps its state in memory and there is no registry.
+   */
+  statePath?: string;
   log: Logger;
 }
 
@@ -39,6 +47,9 @@ export interface HubStats {
   tunnels: number;
   sessions: number;
   detached: number;
+  queuedBytes: number;
+  replayBytes: number;
+  droppedQos0: number;
 }
 
 /** What the hub knows of one agent process (one worker of it): its streams outlive any one tunnel. */
@@ -66,6 +77,9 @@ export class CloudHub {
   readonly sessions = new Set<DeviceSession>();
   private readonly router: Router;
   private readonly namespaces: Namespaces;
+  private droppedQos0OfClosedSessions = 0;
+  private readonly sessionsByClientId = new Map<string, DeviceSession>();
+  private readonly reportedTraffic = new WeakMap<DeviceSession, DeviceSession['traffic']>();
   private readonly agents = new Map<string, AgentRecord>();
   private readonly tunnels = new Set<Tunnel>();
   private readonly sweep: NodeJS.Timeout;
@@ -74,6 +88,8 @@ export class CloudHub {
     private readonly options: HubOptions,
     private readonly embedded: EmbeddedBroker,
     private readonly tunnelServer: tls.Server,
+    /** Agents and devices as seen by this hub, when it keeps state on disk. */
+    readonly registry: Registry | null,
   ) {
     this.broker = embedded.broker;
     this.router = new Router(options.routes ?? []);
@@ -87,7 +103,9 @@ export class CloudHub {
   }
 
   static async start(options: HubOptions): Promise<CloudHub> {
-    const embedded = await startEmbeddedBroker({ appHost: options.appHost, appPort: options.appPort });
+    const persistence = options.statePath !== undefined ? new SqlitePersistence({ path: options.statePath }) : undefined;
+    const embedded = await startEmbeddedBroker({ appHost: options.appHost, appPort: options.appPort, persistence });
+    const registry = persistence !== undefined ? new Registry(persistence.db) : null;
     const tunnelServer = tls.createServer({
       ca: options.tls.ca,
       cert: options.tls.cert,
@@ -103,7 +121,7 @@ export class CloudHub {
         resolve();
       });
     });
-    const hub = new CloudHub(options, embedded, tunnelServer);
+    const hub = new CloudHub(options, embedded, tunnelServer, registry);
     options.log.info({ tunnel: hub.tunnelAddress, app: hub.appAddress }, 'hub listening');
     return hub;
   }
@@ -118,10 +136,18 @@ export class CloudHub {
 
   stats(): HubStats {
     let detached = 0;
-    for (const session of this.sessions) if (session.state === 'detached') detached++;
+    let queuedBytes = 0;
+    let replayBytes = 0;
+    let droppedQos0 = this.droppedQos0OfClosedSessions;
+    for (const session of this.sessions) {
+      if (session.state === 'detached') detached++;
+      queuedBytes += session.queuedBytes;
+      replayBytes += session.stream.replayBytes;
+      droppedQos0 += session.droppedQos0;
+    }
     const agents = new Set<string>();
     for (const record of this.agents.values()) if (record.tunnels.size > 0) agents.add(record.agentId);
-    return { agents: agents.size, tunnels: this.tunnels.size, sessions: this.sessions.size, detached };
+    return { agents: agents.size, tunnels: this.tunnels.size, sessions: this.sessions.size, detached, queuedBytes, replayBytes, droppedQos0 };
   }
 
   async close(): Promise<void> {
@@ -131,6 +157,8 @@ export class CloudHub {
       for (const tunnel of this.tunnels) tunnel.close('hub shutting down');
     });
     for (const session of [...this.sessions]) session.expire();
+    this.reportTraffic();
+    this.registry?.close();
     this.router.close();
     await this.embedded.close();
   }
@@ -144,6 +172,7 @@ export class CloudHub {
       return;
     }
     socket.setNoDelay(true);
+    const fingerprint = (socket.getPeerCertificate().fingerprint256 ?? '').replaceAll(':', '').toLowerCase();
     const tunnel = new Tunnel(socket, {
       maxFramePayload: this.options.maxPacketSize,
       heartbeatMs: this.options.heartbeatMs,
@@ -171,6 +200,7 @@ export class CloudHub {
         tunnel.peerMaxFramePayload = frame.body.maxFramePayload;
         record = this.registerAgent(agentId, frame.body.worker ?? 0, frame.body.instance, log);
         record.tunnels.add(tunnel);
+        this.registry?.agentConnected(agentId, fingerprint, record.tunnels.size);
         tunnel.send({
           type: FrameType.HELLO,
           streamId: 0,
@@ -197,7 +227,10 @@ export class CloudHub {
     tunnel.on('closed', (reason) => {
       clearTimeout(helloTimer);
       this.tunnels.delete(tunnel);
-      record?.tunnels.delete(tunnel);
+      if (record !== null) {
+        record.tunnels.delete(tunnel);
+        this.registry?.agentDisconnected(agentId, record.tunnels.size);
+      }
       log.info({ reason, streams: tunnel.streams.size }, 'agent tunnel down');
       const now = Date.now();
       for (const stream of tunnel.streams.values()) (stream as SessionStream).sink.detach(now);
@@ -251,6 +284,13 @@ export class CloudHub {
       log,
       onClosed: (closed) => {
         this.sessions.delete(closed);
+        this.reportSessionTraffic(closed);
+        // After a takeover the newer session owns the client ID.
+        if (this.sessionsByClientId.get(closed.clientId) === closed) {
+          this.sessionsByClientId.delete(closed.clientId);
+          this.registry?.deviceDisconnected(closed.clientId);
+        }
+        this.droppedQos0OfClosedSessions += closed.droppedQos0;
         if (record.streams.get(streamId) === closed.stream) record.streams.delete(streamId);
       },
     });
@@ -275,6 +315,8 @@ export class CloudHub {
     tunnel.streams.set(streamId, stream);
     record.streams.set(streamId, stream);
     this.sessions.add(session);
+    this.sessionsByClientId.set(open.clientId, session);
+    this.registry?.deviceConnected(open.clientId, record.agentId);
     if (backend.kind === 'embedded') {
       session.connectBroker((owner) => {
         const pipe = new BrokerPipe(owner);
@@ -304,7 +346,28 @@ export class CloudHub {
     log.debug({ streamId, clientId: resume.clientId }, 'stream resumed');
   }
 
+  /** Hands each session's traffic since the last report to the registry, which writes it in batches. */
+  private reportTraffic(): void {
+    if (this.registry === null) return;
+    for (const session of this.sessions) this.reportSessionTraffic(session);
+  }
+
+  private reportSessionTraffic(session: DeviceSession): void {
+    if (this.registry === null) return;
+    const now = session.traffic;
+    const last = this.reportedTraffic.get(session) ?? { bytesToBroker: 0, packetsToBroker: 0, bytesToDevice: 0, packetsToDevice: 0 };
+    if (now.packetsToBroker === last.packetsToBroker && now.packetsToDevice === last.packetsToDevice) return;
+    if (now.packetsToBroker > last.packetsToBroker) {
+      this.registry.countToBroker(session.clientId, now.bytesToBroker - last.bytesToBroker, now.packetsToBroker - last.packetsToBroker);
+    }
+    if (now.packetsToDevice > last.packetsToDevice) {
+      this.registry.countToDevice(session.clientId, now.bytesToDevice - last.bytesToDevice, now.packetsToDevice - last.packetsToDevice);
+    }
+    this.reportedTraffic.set(session, { ...now });
+  }
+
   private sweepSessions(): void {
+    this.reportTraffic();
     const now = Date.now();
     for (const session of this.sessions) {
       if (session.state === 'detached' && now - session.detachedAt > this.options.resumeGraceMs) session.expire();

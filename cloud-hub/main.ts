@@ -27,6 +27,7 @@ export async function startHub(config: HubConfig): Promise<CloudHub> {
     resumeGraceMs: config.resumeGraceMs,
     maxQueuedBytes: config.maxQueuedBytes,
     namespaces: config.namespaces,
+    statePath: config.statePath,
     routes: config.routes.map((route, index) => resolveRoute(route, index, log)),
     log,
   });

@@ -5,6 +5,8 @@ import { readConfigFile, validateConfig } from '../shared/config-loader.js';
 import { agentConfigSchema } from './config.js';
 import { createLogger } from '../shared/logger.js';
 import { ensureDevPki } from '../shared/pki.js';
+import { startMetricsServer } from '../shared/metrics-server.js';
+import { agentMetrics } from './agent-metrics.js';
 import { startAgent } from './main.js';
 import { superviseWorkers, workerIndex } from './workers.js';
 
@@ -21,6 +23,8 @@ Usage: edge-agent [options]
   --ca FILE --cert FILE --key FILE   TLS material (CA of the hub, agent certificate and key)
   --server-name NAME   name the hub certificate must carry (default: the hub host)
   --dev-pki DIR        create or reuse a development PKI in DIR instead of --ca/--cert/--key
+  --metrics-port PORT  serve Prometheus /metrics and /healthz on 127.0.0.1:PORT (--metrics-host to change);
+                       with --workers, each scrape is answered by one worker (label worker)
   --log-level LEVEL    fatal|error|warn|info|debug|trace|silent (default info)
   -h, --help`;
 
@@ -39,6 +43,8 @@ runCli(async () => {
       key: { type: 'string' },
       'server-name': { type: 'string' },
       'dev-pki': { type: 'string' },
+      'metrics-port': { type: 'string' },
+      'metrics-host': { type: 'string' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -65,6 +71,7 @@ runCli(async () => {
         workers: numberFlag(values.workers),
         ...tlsFlags,
         devPki: values['dev-pki'],
+        ...(values['metrics-port'] !== undefined ? { metrics: { host: values['metrics-host'], port: numberFlag(values['metrics-port']) } } : {}),
         logLevel: values['log-level'],
       },
     ],
@@ -77,5 +84,17 @@ runCli(async () => {
     return;
   }
   const agent = await startAgent(config, worker ?? 0);
-  onShutdown(() => agent.close());
+  const registry = agentMetrics(agent);
+  registry.setDefaultLabels({ worker: String(worker ?? 0) });
+  const metrics = config.metrics
+    ? await startMetricsServer({
+        ...config.metrics,
+        registry,
+        health: () => ({ healthy: agent.pool.readyCount > 0, ...agent.stats() }),
+      })
+    : null;
+  onShutdown(async () => {
+    await metrics?.close();
+    await agent.close();
+  });
 });

@@ -29,6 +29,8 @@ export const agentConfigSchema = z.strictObject({
   resumeGraceMs: z.number().int().min(0).default(TUNNEL_DEFAULTS.resumeGraceMs),
   backoffInitialMs: z.number().int().min(10).default(250),
   backoffMaxMs: z.number().int().min(100).default(30_000),
+  /** Prometheus /metrics and /healthz; off unless a port is given. */
+  metrics: z.strictObject({ host: z.string().default('127.0.0.1'), port: port }).optional(),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 }).refine((config) => config.tls !== undefined || config.devPki !== undefined, {
   message: 'set tls (ca, cert, key file paths) or devPki (a directory for a development PKI)',

@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CloudHub } from '../../cloud-hub/hub.js';
 import { EdgeAgent } from '../../edge-agent/agent.js';
@@ -39,5 +42,56 @@ describe('hub restart', () => {
     const got = new Promise<string>((resolve) => app.once('message', (_topic, payload) => resolve(payload.toString())));
     await devices[7].publishAsync('after/7', 'back', { qos: 1 });
     expect(await got).toBe('back');
+  });
+});
+
+describe('hub restart with durable state', () => {
+  const cleanups: (() => Promise<unknown>)[] = [];
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
+    await removePki();
+  });
+
+  it('keeps queued QoS 1 messages of persistent sessions and retained messages across a hub restart', async () => {
+    const { pki } = await testPki();
+    const dir = mkdtempSync(join(tmpdir(), 'edgemux-state-'));
+    cleanups.push(async () => rmSync(dir, { recursive: true, force: true }));
+    const statePath = join(dir, 'hub.db');
+    let hub = await CloudHub.start(hubOptions(pki, { statePath }));
+    const tunnelPort = hub.tunnelAddress.port;
+    const appPort = hub.appAddress.port;
+    cleanups.push(() => hub.close());
+    const agent = await EdgeAgent.start(agentOptions(pki, tunnelPort, { heartbeatMs: 200, deadAfterMs: 1000 }));
+    cleanups.push(() => agent.close());
+    await agent.pool.waitForTunnels(2);
+
+    const subscriber = await connectClient(agent.deviceAddress.port, { clientId: 'durable-sub', clean: false });
+    await subscriber.subscribeAsync('orders/#', { qos: 1 });
+    await subscriber.endAsync();
+    const app = await connectClient(appPort, { clientId: 'order-desk' });
+    for (let i = 0; i < 30; i++) await app.publishAsync('orders/new', String(i), { qos: 1 });
+    await app.publishAsync('config/site', 'v7', { qos: 1, retain: true });
+    await app.endAsync();
+
+    await hub.close();
+    hub = await CloudHub.start(hubOptions(pki, { statePath, tunnelPort, appPort }));
+    await eventually(() => agent.stats().tunnelsUp === 2, 10_000, 'tunnels back');
+
+    const received: string[] = [];
+    const back = await connectClient(agent.deviceAddress.port, { clientId: 'durable-sub', clean: false });
+    cleanups.push(() => back.endAsync(true));
+    back.on('message', (topic, payload) => received.push(`${topic}=${payload.toString()}`));
+    await eventually(() => received.length === 30, 10_000, 'the 30 queued messages');
+    expect(received).toEqual(Array.from({ length: 30 }, (_, i) => `orders/new=${i}`));
+
+    const late = await connectClient(agent.deviceAddress.port, { clientId: 'late-reader' });
+    cleanups.push(() => late.endAsync(true));
+    const retained = new Promise<string>((resolve) => late.once('message', (_topic, payload) => resolve(payload.toString())));
+    await late.subscribeAsync('config/site', { qos: 1 });
+    expect(await retained).toBe('v7');
+
+    const devices = hub.registry!.devices().map((row) => row.client_id).sort();
+    expect(devices).toEqual(['durable-sub', 'late-reader']);
+    expect(hub.registry!.agents()).toMatchObject([{ agent_id: 'agent-1' }]);
   });
 });

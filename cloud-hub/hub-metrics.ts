@@ -1,0 +1,28 @@
+import { Counter, Gauge, Registry } from 'prom-client';
+import type { CloudHub } from './hub.js';
+
+/** Gauges read from the hub at scrape time. */
+export function hubMetrics(hub: CloudHub): Registry {
+  const registry = new Registry();
+  const gauge = (name: string, help: string, read: () => number): void => {
+    new Gauge({ name, help, registers: [registry], collect() { this.set(read()); } });
+  };
+  gauge('edgemux_hub_agents', 'Agents with at least one tunnel up', () => hub.stats().agents);
+  gauge('edgemux_hub_tunnels', 'Agent tunnels up', () => hub.stats().tunnels);
+  gauge('edgemux_hub_sessions', 'Device sessions held', () => hub.stats().sessions);
+  gauge('edgemux_hub_sessions_detached', 'Device sessions waiting for their stream to resume', () => hub.stats().detached);
+  gauge('edgemux_hub_queued_bytes', 'Broker output waiting for device stream credit', () => hub.stats().queuedBytes);
+  gauge('edgemux_hub_replay_bytes', 'Bytes held for replay to agents', () => hub.stats().replayBytes);
+  let dropped = 0;
+  new Counter({
+    name: 'edgemux_hub_dropped_qos0_total',
+    help: 'QoS 0 messages dropped for devices that could not keep up',
+    registers: [registry],
+    collect() {
+      const now = hub.stats().droppedQos0;
+      this.inc(Math.max(0, now - dropped));
+      dropped = now;
+    },
+  });
+  return registry;
+}

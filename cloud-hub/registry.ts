@@ -1,0 +1,320 @@
+/**
+ * Agent and device registry in SQLite, for the admin API and for operators
+ * asking "which devices did this agent carry, and how much traffic".
+ *
+ * Packet counters are bumped on the data path, so nothing here writes per
+ * packet: changes collect in in-memory maps keyed by agent and client ID and
+ * are written as one transaction every `flushIntervalMs` (default 1000), on
+ * `flush()`, before every read, and at `close()`. A crash loses at most one
+ * interval of registry updates; rows stay consistent because each flush is
+ * one transaction. `last_seen` for traffic is stamped at flush time, so its
+ * resolution is the flush interval; connect and disconnect stamp their own time.
+ */
+import { EventEmitter } from 'node:events';
+import Database from 'better-sqlite3';
+
+export interface AgentRow {
+  agent_id: string;
+  cert_fingerprint: string | null;
+  /** Milliseconds since the epoch, as are all times here. */
+  first_seen: number;
+  last_seen: number;
+  /** Tunnels the agent had open after its latest connect or disconnect. */
+  tunnels: number;
+}
+
+export interface DeviceRow {
+  client_id: string;
+  agent_id: string | null;
+  /** Null while the device is not connected. */
+  connected_since: number | null;
+  last_seen: number;
+  /** Device → broker. */
+  msgs_in: number;
+  /** Broker → device. */
+  msgs_out: number;
+  bytes_in: number;
+  bytes_out: number;
+}
+
+export interface RegistryOptions {
+  flushIntervalMs?: number;
+  now?: () => number;
+}
+
+export interface RegistryStats {
+  /** Committed flush transactions. */
+  flushes: number;
+  /** Agent and device rows written by them. */
+  rowsWritten: number;
+}
+
+export type RegistryErrorCode = 'E_REGISTRY_CLOSED';
+
+export class RegistryError extends Error {
+  readonly code: RegistryErrorCode;
+
+  constructor(code: RegistryErrorCode, message: string) {
+    super(message);
+    this.name = 'RegistryError';
+    this.code = code;
+  }
+}
+
+export const DEFAULT_REGISTRY_FLUSH_INTERVAL_MS = 1000;
+
+interface AgentChange {
+  agentId: string;
+  fingerprint: string | null;
+  tunnels: number;
+  /** First event since the last flush: first_seen if the agent is new. */
+  firstAt: number;
+  at: number;
+}
+
+type SessionChange = { kind: 'unchanged' } | { kind: 'connected'; since: number } | { kind: 'disconnected' };
+
+interface DeviceChange {
+  clientId: string;
+  agentId: string | null;
+  session: SessionChange;
+  /** Latest connect/disconnect time; traffic is stamped at flush. */
+  eventAt: number;
+  hadTraffic: boolean;
+  msgsIn: number;
+  msgsOut: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS agents (
+  agent_id TEXT PRIMARY KEY,
+  cert_fingerprint TEXT,
+  first_seen INTEGER NOT NULL,
+  last_seen INTEGER NOT NULL,
+  tunnels INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS devices (
+  client_id TEXT PRIMARY KEY,
+  agent_id TEXT,
+  connected_since INTEGER,
+  last_seen INTEGER NOT NULL,
+  msgs_in INTEGER NOT NULL DEFAULT 0,
+  msgs_out INTEGER NOT NULL DEFAULT 0,
+  bytes_in INTEGER NOT NULL DEFAULT 0,
+  bytes_out INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS devices_by_agent ON devices (agent_id);
+`;
+
+interface DeviceParams {
+  clientId: string;
+  agentId: string | null;
+  keepSession: 0 | 1;
+  connectedSince: number | null;
+  lastSeen: number;
+  msgsIn: number;
+  msgsOut: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+export class Registry extends EventEmitter {
+  readonly db: Database.Database;
+  readonly #ownsDb: boolean;
+  readonly #now: () => number;
+  readonly #timer: NodeJS.Timeout;
+  readonly #agentChanges = new Map<string, AgentChange>();
+  readonly #deviceChanges = new Map<string, DeviceChange>();
+  readonly #upsertAgent: Database.Statement<[AgentChange]>;
+  readonly #upsertDevice: Database.Statement<[DeviceParams]>;
+  readonly #selectAgents: Database.Statement<[], AgentRow>;
+  readonly #selectDevices: Database.Statement<[], DeviceRow>;
+  readonly #writeChanges: (at: number) => void;
+  #closed = false;
+  #flushes = 0;
+  #rowsWritten = 0;
+
+  /** Pass the Database the SqlitePersistence uses to keep one file; its owner then closes it. */
+  constructor(db: Database.Database | { path: string }, options: RegistryOptions = {}) {
+    super();
+    if (db instanceof Database) {
+      this.db = db;
+      this.#ownsDb = false;
+    } else {
+      this.db = new Database(db.path);
+      this.#ownsDb = true;
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = NORMAL');
+    }
+    this.#now = options.now ?? Date.now;
+    this.db.exec(SCHEMA);
+
+    this.#upsertAgent = this.db.prepare(
+      `INSERT INTO agents (agent_id, cert_fingerprint, first_seen, last_seen, tunnels)
+       VALUES (@agentId, @fingerprint, @firstAt, @at, @tunnels)
+       ON CONFLICT (agent_id) DO UPDATE SET
+         cert_fingerprint = coalesce(excluded.cert_fingerprint, cert_fingerprint),
+         last_seen = max(last_seen, excluded.last_seen),
+         tunnels = excluded.tunnels`,
+    );
+    this.#upsertDevice = this.db.prepare(
+      `INSERT INTO devices (client_id, agent_id, connected_since, last_seen, msgs_in, msgs_out, bytes_in, bytes_out)
+       VALUES (@clientId, @agentId, @connectedSince, @lastSeen, @msgsIn, @msgsOut, @bytesIn, @bytesOut)
+       ON CONFLICT (client_id) DO UPDATE SET
+         agent_id = coalesce(excluded.agent_id, agent_id),
+         connected_since = CASE WHEN @keepSession THEN connected_since ELSE excluded.connected_since END,
+         last_seen = max(last_seen, excluded.last_seen),
+         msgs_in = msgs_in + excluded.msgs_in,
+         msgs_out = msgs_out + excluded.msgs_out,
+         bytes_in = bytes_in + excluded.bytes_in,
+         bytes_out = bytes_out + excluded.bytes_out`,
+    );
+    this.#selectAgents = this.db.prepare('SELECT * FROM agents ORDER BY agent_id');
+    this.#selectDevices = this.db.prepare('SELECT * FROM devices ORDER BY client_id');
+    this.#writeChanges = this.db.transaction((at: number) => {
+      for (const change of this.#agentChanges.values()) this.#upsertAgent.run(change);
+      for (const change of this.#deviceChanges.values()) this.#upsertDevice.run(deviceParams(change, at));
+    });
+
+    this.#timer = setInterval(() => this.#flushOnTimer(), options.flushIntervalMs ?? DEFAULT_REGISTRY_FLUSH_INTERVAL_MS);
+    this.#timer.unref();
+  }
+
+  get stats(): RegistryStats {
+    return { flushes: this.#flushes, rowsWritten: this.#rowsWritten };
+  }
+
+  /** `tunnels`: how many tunnels the agent has open now, this one included. */
+  agentConnected(agentId: string, fingerprint: string, tunnels: number): void {
+    this.#agentChange(agentId, fingerprint, tunnels);
+  }
+
+  /** `tunnels`: how many tunnels the agent still has open. */
+  agentDisconnected(agentId: string, tunnels: number): void {
+    this.#agentChange(agentId, null, tunnels);
+  }
+
+  deviceConnected(clientId: string, agentId: string): void {
+    const change = this.#deviceChange(clientId);
+    const at = this.#now();
+    change.agentId = agentId;
+    change.session = { kind: 'connected', since: at };
+    change.eventAt = at;
+  }
+
+  deviceDisconnected(clientId: string): void {
+    const change = this.#deviceChange(clientId);
+    change.session = { kind: 'disconnected' };
+    change.eventAt = this.#now();
+  }
+
+  /** Data path: one map lookup and four additions, no I/O. */
+  countToBroker(clientId: string, bytes: number, messages = 1): void {
+    const change = this.#deviceChange(clientId);
+    change.hadTraffic = true;
+    change.msgsIn += messages;
+    change.bytesIn += bytes;
+  }
+
+  countToDevice(clientId: string, bytes: number, messages = 1): void {
+    const change = this.#deviceChange(clientId);
+    change.hadTraffic = true;
+    change.msgsOut += messages;
+    change.bytesOut += bytes;
+  }
+
+  agents(): AgentRow[] {
+    this.flush();
+    return this.#selectAgents.all();
+  }
+
+  devices(): DeviceRow[] {
+    this.flush();
+    return this.#selectDevices.all();
+  }
+
+  /** Writes pending changes in one transaction; on failure they stay pending for the next attempt. */
+  flush(): void {
+    this.#assertOpen();
+    const rows = this.#agentChanges.size + this.#deviceChanges.size;
+    if (rows === 0) return;
+    this.#writeChanges(this.#now());
+    this.#agentChanges.clear();
+    this.#deviceChanges.clear();
+    this.#flushes++;
+    this.#rowsWritten += rows;
+  }
+
+  /** Flushes, stops the timer and closes the database unless it was passed in. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    clearInterval(this.#timer);
+    try {
+      this.flush();
+    } finally {
+      this.#closed = true;
+      if (this.#ownsDb) this.db.close();
+    }
+  }
+
+  #flushOnTimer(): void {
+    try {
+      this.flush();
+    } catch (err) {
+      this.emit('error', err);
+    }
+  }
+
+  #agentChange(agentId: string, fingerprint: string | null, tunnels: number): void {
+    this.#assertOpen();
+    const at = this.#now();
+    const change = this.#agentChanges.get(agentId);
+    if (change === undefined) {
+      this.#agentChanges.set(agentId, { agentId, fingerprint, tunnels, firstAt: at, at });
+      return;
+    }
+    if (fingerprint !== null) change.fingerprint = fingerprint;
+    change.tunnels = tunnels;
+    change.at = at;
+  }
+
+  #deviceChange(clientId: string): DeviceChange {
+    this.#assertOpen();
+    let change = this.#deviceChanges.get(clientId);
+    if (change === undefined) {
+      change = {
+        clientId,
+        agentId: null,
+        session: { kind: 'unchanged' },
+        eventAt: 0,
+        hadTraffic: false,
+        msgsIn: 0,
+        msgsOut: 0,
+        bytesIn: 0,
+        bytesOut: 0,
+      };
+      this.#deviceChanges.set(clientId, change);
+    }
+    return change;
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new RegistryError('E_REGISTRY_CLOSED', 'registry is closed');
+  }
+}
+
+function deviceParams(change: DeviceChange, flushedAt: number): DeviceParams {
+  return {
+    clientId: change.clientId,
+    agentId: change.agentId,
+    keepSession: change.session.kind === 'unchanged' ? 1 : 0,
+    connectedSince: change.session.kind === 'connected' ? change.session.since : null,
+    lastSeen: change.hadTraffic ? Math.max(flushedAt, change.eventAt) : change.eventAt,
+    msgsIn: change.msgsIn,
+    msgsOut: change.msgsOut,
+    bytesIn: change.bytesIn,
+    bytesOut: change.bytesOut,
+  };
+}

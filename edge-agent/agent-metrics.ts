@@ -1,0 +1,33 @@
+import { Counter, Gauge, Registry } from 'prom-client';
+import type { EdgeAgent } from './agent.js';
+
+/** Gauges and counters read from the agent at scrape time: nothing is counted on the data path for them. */
+export function agentMetrics(agent: EdgeAgent): Registry {
+  const registry = new Registry();
+  const gauge = (name: string, help: string, read: () => number): void => {
+    new Gauge({ name, help, registers: [registry], collect() { this.set(read()); } });
+  };
+  const counter = (name: string, help: string, read: () => number): void => {
+    let last = 0;
+    new Counter({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        const now = read();
+        this.inc(Math.max(0, now - last));
+        last = now;
+      },
+    });
+  };
+  gauge('edgemux_agent_devices', 'Device connections held by the agent', () => agent.stats().devices);
+  gauge('edgemux_agent_devices_attached', 'Devices whose CONNECT was forwarded', () => agent.stats().attached);
+  gauge('edgemux_agent_streams_detached', 'Streams waiting to resume on a tunnel', () => agent.stats().detached);
+  gauge('edgemux_agent_tunnels_up', 'Tunnels to the hub that are up', () => agent.stats().tunnelsUp);
+  counter('edgemux_agent_wan_connections_total', 'TLS connections opened to hubs', () => agent.stats().wanConnections);
+  counter('edgemux_agent_device_disconnects_total', 'Devices closed or lost after CONNECT', () => agent.stats().deviceDisconnects);
+  counter('edgemux_agent_tunnel_bytes_in_total', 'Bytes received over tunnels', () => agent.pool.trafficTotals().bytesIn);
+  counter('edgemux_agent_tunnel_bytes_out_total', 'Bytes sent over tunnels', () => agent.pool.trafficTotals().bytesOut);
+  counter('edgemux_agent_tunnel_data_frames_out_total', 'DATA frames sent over tunnels', () => agent.pool.trafficTotals().dataFramesOut);
+  return registry;
+}
