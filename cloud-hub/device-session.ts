@@ -58,8 +58,10 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   /** Broker packets for the device waiting for stream credit; bounded by maxQueuedBytes. */
   private waiting: Buffer[] = [];
   private waitingBytes = 0;
-  /** The broker ended the session while the stream was detached: tell the agent once it is back. */
-  private closeOnResume = false;
+  /** This side sent (or, while detached, owes) CLOSE and waits for the agent's. */
+  private closing = false;
+  /** The highest RESUME attempt honoured; older ones arrive over abandoned tunnels. */
+  lastResumeAttempt = 0;
 
   /** The device's keepalive, or the server's when an MQTT 5 broker set one. */
   private keepaliveSeconds: number;
@@ -92,6 +94,10 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
 
   // device → broker
   data(payload: Buffer): void {
+    if (this.closing) {
+      this.stream.consume(payload.length);
+      return;
+    }
     this.lastToBrokerAt = Date.now();
     this.traffic.bytesToBroker += payload.length;
     this.traffic.packetsToBroker++;
@@ -180,7 +186,7 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   /** Called by the hub's sweep: keeps the broker's keepalive satisfied while the device is idle or away. */
   keepBrokerAlive(now: number): void {
     const keepaliveMs = this.keepaliveSeconds * 1000;
-    if (this.state === 'closed' || keepaliveMs === 0) return;
+    if (this.state === 'closed' || this.closing || keepaliveMs === 0) return;
     if (now - this.lastToBrokerAt >= keepaliveMs / 2) {
       this.lastToBrokerAt = now;
       this.link.push(PINGREQ_BYTES);
@@ -200,19 +206,32 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     if (this.state === 'closed') return;
     this.state = 'attached';
     this.stream.attach(tunnel, agentReceived, agentWindow);
-    if (this.closeOnResume) this.brokerClosed();
+    if (this.closing) this.sendClose();
   }
 
-  /** The agent closed the stream; `abrupt` means no DISCONNECT, so the broker must publish the will. */
+  /**
+   * The agent closed the stream. If this side had already sent its CLOSE, the
+   * agent's confirms it; otherwise the device went away (`abrupt`: without
+   * DISCONNECT, so the broker publishes the will) and the agent gets a CLOSE back.
+   */
   closeFromAgent(reason: string, abrupt: boolean): void {
     if (this.state === 'closed') return;
+    if (this.closing) {
+      this.finish();
+      return;
+    }
     this.options.log.debug({ clientId: this.clientId, reason, abrupt }, 'device session ended by agent');
+    this.stream.carrier?.send({ type: FrameType.CLOSE, streamId: this.stream.id, body: { reason: 'closed', abrupt: false } });
     this.endBrokerSide();
   }
 
   /** The resume grace period ran out: end the broker session as an abrupt disconnect, so the will is published. */
   expire(): void {
     if (this.state === 'closed') return;
+    if (this.closing) {
+      this.finish();
+      return;
+    }
     this.options.log.info({ clientId: this.clientId, agentId: this.agentId, reason: 'resume grace period expired' }, 'device session ended');
     this.endBrokerSide();
   }
@@ -224,14 +243,21 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     this.brokerClosed();
   }
 
+  /**
+   * The broker ended the session (DISCONNECT handled, takeover, refusal). The
+   * stream and its replay buffer stay until the agent confirms the CLOSE, so
+   * the broker's last packets reach the device even across a tunnel loss.
+   */
   brokerClosed(): void {
-    if (this.state === 'closed') return;
-    if (this.state === 'detached') {
-      this.closeOnResume = true;
-      return;
-    }
+    if (this.state === 'closed' || this.closing) return;
+    this.closing = true;
+    this.waiting = [];
+    this.waitingBytes = 0;
+    if (this.state === 'attached') this.sendClose();
+  }
+
+  private sendClose(): void {
     this.stream.carrier?.send({ type: FrameType.CLOSE, streamId: this.stream.id, body: { reason: 'broker closed the session', abrupt: false } });
-    this.finish();
   }
 
   private endBrokerSide(): void {

@@ -54,13 +54,17 @@ export interface HubStats {
 
 /** What the hub knows of one agent process (one worker of it): its streams outlive any one tunnel. */
 interface AgentRecord {
+  key: string;
   agentId: string;
   instance: string;
+  /** Earlier instances of this agent worker: a late HELLO from one must not end the current sessions. */
+  retired: string[];
   streams: Map<number, SessionStream>;
   tunnels: Set<Tunnel>;
 }
 
 const SWEEP_INTERVAL_MS = 1000;
+const RETIRED_INSTANCES_KEPT = 8;
 /** An agent may ask for a large window, but the hub's replay memory per stream stays bounded. */
 const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 
@@ -199,6 +203,10 @@ export class CloudHub {
         }
         tunnel.peerMaxFramePayload = frame.body.maxFramePayload;
         record = this.registerAgent(agentId, frame.body.worker ?? 0, frame.body.instance, log);
+        if (record === null) {
+          tunnel.close('HELLO from a retired agent instance');
+          return;
+        }
         record.tunnels.add(tunnel);
         this.registry?.agentConnected(agentId, fingerprint, record.tunnels.size);
         tunnel.send({
@@ -230,6 +238,7 @@ export class CloudHub {
       if (record !== null) {
         record.tunnels.delete(tunnel);
         this.registry?.agentDisconnected(agentId, record.tunnels.size);
+        this.pruneAgent(record);
       }
       log.info({ reason, streams: tunnel.streams.size }, 'agent tunnel down');
       const now = Date.now();
@@ -239,18 +248,26 @@ export class CloudHub {
   }
 
   /** A new instance of a known agent worker means the old process is gone: its sessions cannot resume. */
-  private registerAgent(agentId: string, worker: number, instance: string, log: Logger): AgentRecord {
+  private registerAgent(agentId: string, worker: number, instance: string, log: Logger): AgentRecord | null {
     const key = `${agentId}#${worker}`;
     const known = this.agents.get(key);
     if (known !== undefined && known.instance === instance) return known;
+    if (known !== undefined && known.retired.includes(instance)) return null;
     if (known !== undefined) {
       log.info({ previousInstance: known.instance, sessions: known.streams.size }, 'agent restarted; ending its old sessions');
       for (const stream of [...known.streams.values()]) stream.sink.expire();
       for (const tunnel of known.tunnels) tunnel.close('agent restarted');
     }
-    const record: AgentRecord = { agentId, instance, streams: new Map(), tunnels: new Set() };
+    const retired = known === undefined ? [] : [known.instance, ...known.retired].slice(0, RETIRED_INSTANCES_KEPT);
+    const record: AgentRecord = { key, agentId, instance, retired, streams: new Map(), tunnels: new Set() };
     this.agents.set(key, record);
     return record;
+  }
+
+  /** An agent with no tunnel and no session left is forgotten, except for the instances it retired. */
+  private pruneAgent(record: AgentRecord): void {
+    if (record.tunnels.size > 0 || record.streams.size > 0 || this.agents.get(record.key) !== record) return;
+    if (record.retired.length === 0) this.agents.delete(record.key);
   }
 
   private onStreamControl(tunnel: Tunnel, record: AgentRecord, frame: ControlFrame, log: Logger): void {
@@ -261,9 +278,16 @@ export class CloudHub {
       case FrameType.RESUME:
         this.resumeSession(tunnel, record, frame.streamId, frame.body, log);
         return;
-      case FrameType.CLOSE:
-        record.streams.get(frame.streamId)?.sink.closeFromAgent(frame.body.reason, frame.body.abrupt);
+      case FrameType.CLOSE: {
+        const stream = record.streams.get(frame.streamId);
+        if (stream === undefined) {
+          // Answer, so an agent waiting to hear its CLOSE confirmed can let go.
+          tunnel.send({ type: FrameType.CLOSE, streamId: frame.streamId, body: { reason: 'unknown stream', abrupt: false } });
+        } else if (stream.carrier === tunnel) {
+          stream.sink.closeFromAgent(frame.body.reason, frame.body.abrupt);
+        }
         return;
+      }
       default:
         log.warn({ streamId: frame.streamId, reason: `unexpected frame type ${frame.type}` }, 'ignoring frame');
     }
@@ -292,6 +316,7 @@ export class CloudHub {
         }
         this.droppedQos0OfClosedSessions += closed.droppedQos0;
         if (record.streams.get(streamId) === closed.stream) record.streams.delete(streamId);
+        this.pruneAgent(record);
       },
     });
     const stream: SessionStream = new MuxStream(streamId, tunnel, session, capWindow(open.window), this.options.streamWindow, this.options.maxPacketSize);
@@ -335,6 +360,11 @@ export class CloudHub {
       tunnel.send({ type: FrameType.CLOSE, streamId, body: { reason: 'unknown stream', abrupt: false } });
       return;
     }
+    if (resume.attempt <= stream.sink.lastResumeAttempt) {
+      log.debug({ streamId, attempt: resume.attempt }, 'stale RESUME ignored');
+      return;
+    }
+    stream.sink.lastResumeAttempt = resume.attempt;
     // The agent may have given up on a tunnel this side still believes in.
     if (stream.carrier !== null && stream.carrier !== tunnel) {
       stream.carrier.streams.delete(streamId);

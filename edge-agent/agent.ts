@@ -1,5 +1,5 @@
 import net, { type AddressInfo } from 'node:net';
-import { type ControlFrame, FrameType } from '../shared/frame-codec.js';
+import { type CloseBody, type ControlFrame, FrameType } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import type { Tunnel } from '../shared/tunnel.js';
@@ -43,14 +43,22 @@ export interface AgentStats {
   deviceDisconnects: number;
 }
 
-/** A stream whose tunnel died: since when, which tunnel it asked to resume on, and a close it owes the hub. */
-interface Detachment {
-  since: number;
+/** What the agent tracks of one device stream beyond its bytes. */
+interface StreamState {
+  /** The hub holding the device's session: a stream resumes there while a tunnel to it is up. */
+  hubId: string;
+  /** Set while the stream's tunnel is gone. */
+  detachedSince: number | null;
+  /** The tunnel a RESUME was sent on, until ACCEPT or CLOSE answers it. */
   resumingOn: Tunnel | null;
-  pendingClose: { reason: string; abrupt: boolean } | null;
+  resumeAttempt: number;
+  /** The CLOSE this side sent or owes; the stream is kept until the hub's CLOSE confirms it. */
+  closing: CloseBody | null;
 }
 
 const SWEEP_INTERVAL_MS = 1000;
+/** The agent's replay memory per stream stays bounded whatever window the hub grants. */
+const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 
 /**
  * The edge side: accepts local MQTT devices and carries each one as a stream
@@ -65,7 +73,7 @@ export class EdgeAgent implements DeviceHost {
   readonly maxPacketSize: number;
   readonly assignedIdPrefix: string;
   deviceDisconnects = 0;
-  private readonly detached = new Map<DeviceStream, Detachment>();
+  private readonly streamStates = new Map<DeviceStream, StreamState>();
   private nextStreamId = 1;
   private readonly sweep: NodeJS.Timeout;
 
@@ -121,10 +129,12 @@ export class EdgeAgent implements DeviceHost {
   stats(): AgentStats {
     let attached = 0;
     for (const device of this.devices) if (device.state === 'attached') attached++;
+    let detached = 0;
+    for (const state of this.streamStates.values()) if (state.detachedSince !== null) detached++;
     return {
       devices: this.devices.size,
       attached,
-      detached: this.detached.size,
+      detached,
       tunnelsUp: this.pool.readyCount,
       wanConnections: this.pool.connectionsOpened,
       deviceDisconnects: this.deviceDisconnects,
@@ -138,6 +148,7 @@ export class EdgeAgent implements DeviceHost {
     const streamId = this.allocateStreamId();
     const stream: DeviceStream = new MuxStream(streamId, tunnel, device, hubStreamWindow, this.options.streamWindow, this.options.maxPacketSize);
     tunnel.streams.set(streamId, stream);
+    this.streamStates.set(stream, { hubId: tunnel.peerId, detachedSince: null, resumingOn: null, resumeAttempt: 0, closing: null });
     tunnel.send({
       type: FrameType.OPEN,
       streamId,
@@ -155,84 +166,109 @@ export class EdgeAgent implements DeviceHost {
   }
 
   closeStream(stream: DeviceStream, reason: string, abrupt: boolean): void {
-    const detachment = this.detached.get(stream);
-    if (detachment !== undefined) {
-      // The hub still has bytes of this device to receive; close once the stream is back.
-      detachment.pendingClose = { reason, abrupt };
-      return;
-    }
-    const tunnel = stream.carrier;
-    stream.close();
-    if (tunnel === null) return;
-    tunnel.streams.delete(stream.id);
-    tunnel.send({ type: FrameType.CLOSE, streamId: stream.id, body: { reason, abrupt } });
+    const state = this.streamStates.get(stream);
+    if (state === undefined || state.closing !== null) return;
+    // The stream and its replay buffer stay until the hub confirms with its own
+    // CLOSE, so the device's last bytes survive a tunnel lost in between.
+    state.closing = { reason, abrupt };
+    if (state.detachedSince === null) stream.carrier?.send({ type: FrameType.CLOSE, streamId: stream.id, body: state.closing });
   }
 
   deviceClosed(device: DeviceConnection, afterConnect: boolean): void {
     this.devices.delete(device);
     if (afterConnect) this.deviceDisconnects++;
-    const stream = device.stream;
-    if (stream !== null && !this.detached.has(stream)) stream.carrier?.streams.delete(stream.id);
   }
 
   async close(): Promise<void> {
     clearInterval(this.sweep);
-    this.pool.stop();
+    // Devices first, so the hub hears of each one (and publishes wills) now rather than after the grace period.
     for (const device of this.devices) device.socket.destroy();
+    await new Promise((resolve) => setImmediate(resolve));
+    this.pool.stop();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 
   private onStreamControl(tunnel: Tunnel, frame: ControlFrame): void {
     const stream = tunnel.streams.get(frame.streamId) as DeviceStream | undefined;
-    if (stream === undefined) return;
+    const state = stream === undefined ? undefined : this.streamStates.get(stream);
+    if (stream === undefined || state === undefined) {
+      // The hub resumed a stream this agent has given up on: end it there too.
+      if (frame.type === FrameType.ACCEPT) {
+        tunnel.send({ type: FrameType.CLOSE, streamId: frame.streamId, body: { reason: 'stream no longer held by the agent', abrupt: true } });
+      }
+      return;
+    }
     if (frame.type === FrameType.ACCEPT) {
-      const detachment = this.detached.get(stream);
-      if (detachment === undefined) {
-        stream.setPeerWindow(frame.body.window);
+      const window = Math.min(frame.body.window, MAX_STREAM_WINDOW);
+      if (state.detachedSince === null) {
+        stream.setPeerWindow(window);
         return;
       }
-      if (detachment.resumingOn !== tunnel) return;
-      this.detached.delete(stream);
-      stream.attach(tunnel, frame.body.received, frame.body.window);
-      if (detachment.pendingClose !== null) this.closeStream(stream, detachment.pendingClose.reason, detachment.pendingClose.abrupt);
+      if (state.resumingOn !== tunnel) return;
+      try {
+        stream.attach(tunnel, frame.body.received, window);
+      } catch (err) {
+        this.log.warn({ streamId: stream.id, clientId: stream.sink.clientId, reason: (err as Error).message }, 'stream could not resume');
+        tunnel.send({ type: FrameType.CLOSE, streamId: stream.id, body: { reason: 'resume failed', abrupt: true } });
+        this.forget(stream, tunnel);
+        stream.sink.resumeExpired();
+        return;
+      }
+      state.detachedSince = null;
+      state.resumingOn = null;
+      state.hubId = tunnel.peerId;
+      if (state.closing !== null) tunnel.send({ type: FrameType.CLOSE, streamId: stream.id, body: state.closing });
       return;
     }
     if (frame.type === FrameType.CLOSE) {
-      tunnel.streams.delete(stream.id);
-      this.detached.delete(stream);
-      stream.sink.closeFromHub(frame.body.reason);
+      if (stream.carrier !== tunnel && state.resumingOn !== tunnel) return;
+      if (state.closing === null) {
+        // The hub ended the session (DISCONNECT, takeover, refusal, unknown stream): confirm and close the device.
+        tunnel.send({ type: FrameType.CLOSE, streamId: stream.id, body: { reason: 'closed', abrupt: false } });
+        stream.sink.closeFromHub(frame.body.reason);
+      }
+      this.forget(stream, tunnel);
     }
+  }
+
+  private forget(stream: DeviceStream, tunnel: Tunnel | null): void {
+    const state = this.streamStates.get(stream);
+    this.streamStates.delete(stream);
+    tunnel?.streams.delete(stream.id);
+    state?.resumingOn?.streams.delete(stream.id);
+    stream.carrier?.streams.delete(stream.id);
+    stream.close();
   }
 
   private onTunnelDown(tunnel: Tunnel): void {
     const now = Date.now();
     for (const stream of tunnel.streams.values() as IterableIterator<DeviceStream>) {
-      if (stream.state === 'closed') continue;
-      const known = this.detached.get(stream);
-      if (known !== undefined) {
-        known.resumingOn = null;
-      } else {
+      const state = this.streamStates.get(stream);
+      if (state === undefined || stream.state === 'closed') continue;
+      if (state.detachedSince === null) {
         stream.detach();
-        this.detached.set(stream, { since: now, resumingOn: null, pendingClose: null });
+        state.detachedSince = now;
       }
+      state.resumingOn = null;
     }
     tunnel.streams.clear();
     this.resumeDetached();
   }
 
-  /** Asks the hub to continue every detached stream on a live tunnel. */
+  /** Asks the hub to continue every detached stream on a live tunnel, to the same hub where one is up. */
   private resumeDetached(): void {
-    for (const [stream, detachment] of this.detached) {
-      if (detachment.resumingOn !== null) continue;
+    for (const [stream, state] of this.streamStates) {
+      if (state.detachedSince === null || state.resumingOn !== null) continue;
       const clientId = stream.sink.clientId!;
-      const picked = this.pool.pick(clientId);
+      const picked = this.pool.pick(clientId, state.hubId);
       if (picked === null) return;
-      detachment.resumingOn = picked.tunnel;
+      state.resumingOn = picked.tunnel;
+      state.resumeAttempt++;
       picked.tunnel.streams.set(stream.id, stream);
       picked.tunnel.send({
         type: FrameType.RESUME,
         streamId: stream.id,
-        body: { clientId, window: this.options.streamWindow, received: stream.receivedOffset },
+        body: { clientId, window: this.options.streamWindow, received: stream.receivedOffset, attempt: state.resumeAttempt },
       });
     }
   }
@@ -247,12 +283,12 @@ export class EdgeAgent implements DeviceHost {
   private sweepDevices(): void {
     const now = Date.now();
     for (const device of this.devices) device.checkTimers(now, this.options.connectTimeoutMs);
-    for (const [stream, detachment] of this.detached) {
-      if (now - detachment.since <= this.options.resumeGraceMs) continue;
-      this.detached.delete(stream);
-      detachment.resumingOn?.streams.delete(stream.id);
-      stream.close();
-      stream.sink.resumeExpired();
+    for (const [stream, state] of this.streamStates) {
+      if (state.detachedSince === null || now - state.detachedSince <= this.options.resumeGraceMs) continue;
+      // A RESUME still on its way would reattach the session at the hub: end it behind the RESUME.
+      state.resumingOn?.send({ type: FrameType.CLOSE, streamId: stream.id, body: { reason: 'resume grace period expired', abrupt: true } });
+      this.forget(stream, null);
+      if (state.closing === null) stream.sink.resumeExpired();
     }
   }
 }

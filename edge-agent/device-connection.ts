@@ -26,6 +26,10 @@ export interface DeviceHost {
 
 /** MQTT 3.1.1 §3.1.2.10: the server disconnects after one and a half keepalive periods of silence. */
 const KEEPALIVE_GRACE = 1.5;
+/** Packets a device may send past its stream's credit before the agent stops reading it. */
+const HELD_BYTES_LIMIT = 64 * 1024;
+/** A device told its session is over gets this long to close its side before it is cut off. */
+const DRAIN_TIMEOUT_MS = 10_000;
 
 /**
  * One local device on the agent: awaiting-connect → attached → draining → closed.
@@ -37,6 +41,7 @@ export class DeviceConnection implements StreamSink {
   clientId: string | null = null;
   stream: MuxStream<DeviceConnection, Tunnel> | null = null;
   private keepaliveMs = 0;
+  private drainingSince = 0;
   private protocolVersion = 4;
   /** The next bytes from the hub are the broker's CONNACK. */
   private awaitingConnack = false;
@@ -44,9 +49,12 @@ export class DeviceConnection implements StreamSink {
   private readonly acceptedAt: number;
   private readonly framer: MqttFramer;
   private unflushedBytes = 0;
-  /** Set when the stream refused a write: later packets of the same read wait in `held`. */
+  /** Set when the stream refused a write: later packets wait in `held` until credit returns. */
   private holding = false;
   private held: Buffer[] = [];
+  private heldBytes = 0;
+  /** The socket is paused because `held` reached its limit. */
+  private paused = false;
   private disconnectSeen = false;
 
   constructor(
@@ -68,8 +76,13 @@ export class DeviceConnection implements StreamSink {
   checkTimers(now: number, connectTimeoutMs: number): void {
     if (this.state === 'awaiting-connect' && now - this.acceptedAt > connectTimeoutMs) {
       this.fail('no CONNECT within the connect timeout');
+    } else if (this.state === 'attached' && this.paused) {
+      // The agent itself stopped reading this device (no credit): its silence is ours, not its.
+      this.lastHeardAt = now;
     } else if (this.state === 'attached' && this.keepaliveMs > 0 && now - this.lastHeardAt > this.keepaliveMs * KEEPALIVE_GRACE) {
       this.fail('keepalive expired');
+    } else if (this.state === 'draining' && now - this.drainingSince > DRAIN_TIMEOUT_MS) {
+      this.fail('did not close after the session ended');
     }
   }
 
@@ -93,11 +106,18 @@ export class DeviceConnection implements StreamSink {
   writable(): void {
     if (this.state !== 'attached') return;
     let sent = 0;
-    while (sent < this.held.length && this.stream!.canWrite) this.stream!.write(this.held[sent++]);
+    while (sent < this.held.length && this.stream!.canWrite) {
+      const packet = this.held[sent++];
+      this.heldBytes -= packet.length;
+      this.stream!.write(packet);
+    }
     if (sent > 0) this.held = this.held.slice(sent);
     if (this.held.length > 0 || !this.stream!.canWrite) return;
     this.holding = false;
-    this.socket.resume();
+    if (this.paused) {
+      this.paused = false;
+      this.socket.resume();
+    }
   }
 
   /** The hub ended the session (DISCONNECT handled, takeover, refusal): flush and close. */
@@ -105,7 +125,7 @@ export class DeviceConnection implements StreamSink {
     if (this.state === 'closed' || this.state === 'draining') return;
     this.host.log.debug({ clientId: this.clientId, reason }, 'hub closed the device session');
     this.state = 'draining';
-    this.stream?.close();
+    this.drainingSince = Date.now();
     this.socket.end();
   }
 
@@ -140,13 +160,19 @@ export class DeviceConnection implements StreamSink {
         return;
       }
       if (type === PacketType.DISCONNECT) this.disconnectSeen = true;
-      // Packets after a refused write wait here (at most the rest of one read),
-      // so the stream overshoots its window by one frame at most.
+      // Packets after a refused write wait here, so the stream overshoots its
+      // window by one frame at most. The socket keeps being read (and PINGREQs
+      // answered, or the device would give up on its keepalive) until the held
+      // packets reach their limit; then it is paused.
       if (this.holding) {
         this.held.push(packet);
+        this.heldBytes += packet.length;
+        if (this.heldBytes >= HELD_BYTES_LIMIT && !this.paused) {
+          this.paused = true;
+          this.socket.pause();
+        }
       } else if (!this.stream!.write(packet)) {
         this.holding = true;
-        this.socket.pause();
       }
       return;
     }
@@ -165,6 +191,7 @@ export class DeviceConnection implements StreamSink {
     if (!verdict.ok) {
       this.host.log.info({ remote: this.socket.remoteAddress, reason: verdict.reason }, 'device refused');
       this.state = 'draining';
+      this.drainingSince = Date.now();
       this.socket.end(verdict.connack);
       return;
     }

@@ -105,6 +105,11 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     });
   }
 
+  /** Tunnels currently up, in slot order. */
+  liveTunnels(): Tunnel[] {
+    return this.slots.filter((slot) => slot.ready && slot.tunnel !== null).map((slot) => slot.tunnel!);
+  }
+
   get size(): number {
     return this.slots.length;
   }
@@ -113,14 +118,20 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     return this.slots.filter((slot) => slot.ready).length;
   }
 
-  /** The ready tunnel for this client ID, or null when none is up. */
-  pick(clientId: string): { tunnel: Tunnel; hubStreamWindow: number } | null {
+  /**
+   * The ready tunnel for this client ID, or null when none is up. With
+   * `hubId`, a tunnel to that hub is preferred: only it can resume the stream.
+   */
+  pick(clientId: string, hubId?: string): { tunnel: Tunnel; hubStreamWindow: number } | null {
     const start = hashClientId(clientId) % this.slots.length;
+    let fallback: Slot | null = null;
     for (let i = 0; i < this.slots.length; i++) {
       const slot = this.slots[(start + i) % this.slots.length];
-      if (slot.ready && slot.tunnel !== null) return { tunnel: slot.tunnel, hubStreamWindow: slot.hubStreamWindow };
+      if (!slot.ready || slot.tunnel === null) continue;
+      if (hubId === undefined || slot.tunnel.peerId === hubId) return { tunnel: slot.tunnel, hubStreamWindow: slot.hubStreamWindow };
+      fallback ??= slot;
     }
-    return null;
+    return fallback === null ? null : { tunnel: fallback.tunnel!, hubStreamWindow: fallback.hubStreamWindow };
   }
 
   /** Frames and bytes over every tunnel this pool has had, including closed ones. */
@@ -186,6 +197,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
           return;
         }
         tunnel.peerMaxFramePayload = frame.body.maxFramePayload;
+        tunnel.peerId = frame.body.id;
         slot.ready = true;
         slot.hubStreamWindow = Math.min(frame.body.streamWindow, MAX_STREAM_WINDOW);
         slot.backoff.reset();

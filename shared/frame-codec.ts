@@ -67,6 +67,12 @@ export interface ResumeBody {
   clientId: string;
   window: number;
   received: number;
+  /**
+   * Counts the agent's resume attempts for this stream, from 1. A RESUME that
+   * arrives after a later one (over a tunnel the agent already gave up on) is
+   * stale and ignored.
+   */
+  attempt: number;
 }
 
 export interface CloseBody {
@@ -164,7 +170,7 @@ const CONTROL_FIELDS: Record<number, Record<string, FieldKind>> = {
   [FrameType.HELLO]: { version: 'count', role: 'string', id: 'string', heartbeatMs: 'count', streamWindow: 'count', maxFramePayload: 'count', instance: 'string' },
   [FrameType.OPEN]: { clientId: 'string', window: 'count', keepalive: 'count', protocolVersion: 'count', cleanSession: 'boolean' },
   [FrameType.ACCEPT]: { window: 'count', received: 'count' },
-  [FrameType.RESUME]: { clientId: 'string', window: 'count', received: 'count' },
+  [FrameType.RESUME]: { clientId: 'string', window: 'count', received: 'count', attempt: 'count' },
   [FrameType.CLOSE]: { reason: 'string', abrupt: 'boolean' },
   [FrameType.PING]: { sentAt: 'number' },
   [FrameType.PONG]: { sentAt: 'number' },

@@ -47,6 +47,7 @@ export class MuxStream<S extends StreamSink = StreamSink, C extends StreamCarrie
   private ackScheduled = false;
   private waitingForCredit = false;
   private readonly replay = new ReplayBuffer();
+  private lastPeerMaxPayload: number;
 
   constructor(
     readonly id: number,
@@ -59,11 +60,17 @@ export class MuxStream<S extends StreamSink = StreamSink, C extends StreamCarrie
     readonly receiveWindow: number,
     /** Largest single frame the peer may overshoot the window by. */
     private readonly maxFramePayload: number,
-  ) {}
+  ) {
+    this.lastPeerMaxPayload = carrier?.peerMaxFramePayload ?? maxFramePayload;
+  }
 
-  /** Largest payload `write` may be given on the current carrier. */
+  /**
+   * Largest payload `write` may be given: the limit of the current carrier's
+   * peer, or of the last one while detached, since the same peer takes the replay.
+   */
   get maxPeerPayload(): number {
-    return this.carrier?.peerMaxFramePayload ?? this.maxFramePayload;
+    if (this.carrier !== null) this.lastPeerMaxPayload = this.carrier.peerMaxFramePayload;
+    return this.lastPeerMaxPayload;
   }
 
   get inFlight(): number {
@@ -157,12 +164,18 @@ export class MuxStream<S extends StreamSink = StreamSink, C extends StreamCarrie
       this.waitingForCredit = true;
       return;
     }
+    // The drain may come from a tunnel the stream has since left.
+    if (this.carrier?.congested) {
+      this.carrier.waitForDrain(this);
+      return;
+    }
     this.sink.writable();
   }
 
   /** The tunnel under the stream is gone: keep everything for replay. */
   detach(): void {
     if (this.state === 'closed') return;
+    if (this.carrier !== null) this.lastPeerMaxPayload = this.carrier.peerMaxFramePayload;
     this.state = 'detached';
     this.carrier = null;
     this.ackScheduled = false;

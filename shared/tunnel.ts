@@ -60,6 +60,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   readonly traffic: TunnelTraffic = emptyTraffic();
   /** Largest frame payload the peer accepts, from its HELLO; until then our own. */
   peerMaxFramePayload: number;
+  /** The peer's id from its HELLO (agent id or hub id). */
+  peerId = '';
   closedReason: string | null = null;
   private readonly writer: FrameWriter;
   private readonly decoder: FrameDecoder;

@@ -114,7 +114,7 @@ const acceptFrame: fc.Arbitrary<ControlFrame> = fc
   .map(({ streamId: id, ...body }) => ({ type: FrameType.ACCEPT, streamId: id, body }));
 
 const resumeFrame: fc.Arbitrary<ControlFrame> = fc
-  .record({ streamId, clientId: text, window: count, received: count })
+  .record({ streamId, clientId: text, window: count, received: count, attempt: count })
   .map(({ streamId: id, ...body }) => ({ type: FrameType.RESUME, streamId: id, body }));
 
 const closeFrame: fc.Arbitrary<ControlFrame> = fc
@@ -134,7 +134,7 @@ const REQUIRED_FIELDS: Record<number, Record<string, 'string' | 'number' | 'bool
   [FrameType.HELLO]: { version: 'number', role: 'string', id: 'string', heartbeatMs: 'number', streamWindow: 'number', maxFramePayload: 'number', instance: 'string' },
   [FrameType.OPEN]: { clientId: 'string', window: 'number', keepalive: 'number', protocolVersion: 'number', cleanSession: 'boolean' },
   [FrameType.ACCEPT]: { window: 'number', received: 'number' },
-  [FrameType.RESUME]: { clientId: 'string', window: 'number', received: 'number' },
+  [FrameType.RESUME]: { clientId: 'string', window: 'number', received: 'number', attempt: 'number' },
   [FrameType.CLOSE]: { reason: 'string', abrupt: 'boolean' },
   [FrameType.PING]: { sentAt: 'number' },
   [FrameType.PONG]: { sentAt: 'number' },
@@ -148,7 +148,7 @@ const VALID_BODIES: Record<number, Record<string, unknown>> = {
   [FrameType.HELLO]: { version: PROTOCOL_VERSION, role: 'agent', id: 'site-7', heartbeatMs: 5000, streamWindow: 65536, maxFramePayload: 1048576, instance: 'f3a9c2' },
   [FrameType.OPEN]: { clientId: 'dev-1', window: 65536, keepalive: 60, protocolVersion: 4, cleanSession: true },
   [FrameType.ACCEPT]: { window: 65536, received: 0 },
-  [FrameType.RESUME]: { clientId: 'dev-1', window: 65536, received: 12 },
+  [FrameType.RESUME]: { clientId: 'dev-1', window: 65536, received: 12, attempt: 1 },
   [FrameType.CLOSE]: { reason: 'bye', abrupt: false },
   [FrameType.PING]: { sentAt: 1_700_000_000_000 },
   [FrameType.PONG]: { sentAt: 1_700_000_000_000 },
