@@ -1,5 +1,6 @@
 import { Packr } from 'msgpackr';
 import { EdgemuxError } from './errors.js';
+import { UnitSplitter } from './unit-splitter.js';
 
 /**
  * Tunnel wire format (docs/protocol.md). Every frame starts with a 9-byte
@@ -205,59 +206,31 @@ export function decodeControlBody(type: number, streamId: number, payload: Buffe
  * a frame that straddles chunks is assembled once into a buffer of its size.
  */
 export class FrameDecoder {
-  private partial: Buffer | null = null;
-  private partialLength = 0;
-  private expected = 0;
+  private readonly splitter: UnitSplitter;
+  private handler: FrameHandler | null = null;
+  private readonly onFrame = (buf: Buffer, start: number, end: number): void => this.dispatch(buf, start, end, this.handler!);
 
-  constructor(private readonly maxPayload: number) {}
+  constructor(private readonly maxPayload: number) {
+    this.splitter = new UnitSplitter((buf, offset) => this.frameSizeAt(buf, offset));
+  }
 
   /** Bytes held for a frame that has not fully arrived. */
   get pendingBytes(): number {
-    return this.partialLength;
+    return this.splitter.pendingBytes;
   }
 
   push(chunk: Buffer, handler: FrameHandler): void {
-    let offset = 0;
-    if (this.partial !== null) {
-      if (this.expected === 0) {
-        chunk = Buffer.concat([this.partial.subarray(0, this.partialLength), chunk]);
-        this.partial = null;
-        this.partialLength = 0;
-      } else {
-        const take = Math.min(this.expected - this.partialLength, chunk.length);
-        chunk.copy(this.partial, this.partialLength, 0, take);
-        this.partialLength += take;
-        offset = take;
-        if (this.partialLength < this.expected) return;
-        const frame = this.partial;
-        this.partial = null;
-        this.partialLength = 0;
-        this.expected = 0;
-        this.dispatch(frame, 0, frame.length, handler);
-      }
+    this.handler = handler;
+    this.splitter.push(chunk, this.onFrame);
+  }
+
+  private frameSizeAt(buf: Buffer, offset: number): number {
+    if (buf.length - offset < FRAME_HEADER_SIZE) return -1;
+    const length = buf.readUInt32BE(offset + 5);
+    if (length > this.maxPayload) {
+      throw new EdgemuxError('E_FRAME_TOO_LARGE', `frame payload of ${length} bytes exceeds the maximum of ${this.maxPayload}`);
     }
-    while (offset < chunk.length) {
-      if (chunk.length - offset < FRAME_HEADER_SIZE) {
-        this.partial = Buffer.from(chunk.subarray(offset));
-        this.partialLength = this.partial.length;
-        return;
-      }
-      const length = chunk.readUInt32BE(offset + 5);
-      if (length > this.maxPayload) {
-        throw new EdgemuxError('E_FRAME_TOO_LARGE', `frame payload of ${length} bytes exceeds the maximum of ${this.maxPayload}`);
-      }
-      const size = FRAME_HEADER_SIZE + length;
-      if (offset + size <= chunk.length) {
-        this.dispatch(chunk, offset, offset + size, handler);
-        offset += size;
-      } else {
-        this.partial = Buffer.allocUnsafe(size);
-        chunk.copy(this.partial, 0, offset);
-        this.partialLength = chunk.length - offset;
-        this.expected = size;
-        return;
-      }
-    }
+    return FRAME_HEADER_SIZE + length;
   }
 
   private dispatch(buf: Buffer, start: number, end: number, handler: FrameHandler): void {

@@ -1,4 +1,5 @@
 import { EdgemuxError } from './errors.js';
+import { UnitSplitter } from './unit-splitter.js';
 
 /** MQTT control packet types (MQTT 3.1.1 §2.2.1, MQTT 5 §2.1.2). */
 export const PacketType = {
@@ -67,57 +68,18 @@ export function wholePacketSize(buf: Buffer, offset: number, maxPacketSize: numb
  * packet that straddles chunks is copied, once, into a buffer of its size.
  */
 export class MqttFramer {
-  private partial: Buffer | null = null;
-  private partialLength = 0;
-  /** Size of the packet being assembled in `partial`; 0 while its header is incomplete. */
-  private expected = 0;
+  private readonly splitter: UnitSplitter;
 
-  constructor(private readonly maxPacketSize: number) {}
+  constructor(maxPacketSize: number) {
+    this.splitter = new UnitSplitter((buf, offset) => wholePacketSize(buf, offset, maxPacketSize));
+  }
 
   /** Bytes held for a packet that has not fully arrived. */
   get buffered(): number {
-    return this.partialLength;
+    return this.splitter.pendingBytes;
   }
 
   push(chunk: Buffer, onPacket: (packet: Buffer) => void): void {
-    let offset = 0;
-    if (this.partial !== null) {
-      if (this.expected === 0) {
-        // At most four header bytes are held back, so this copy is tiny.
-        chunk = Buffer.concat([this.partial.subarray(0, this.partialLength), chunk]);
-        this.partial = null;
-        this.partialLength = 0;
-      } else {
-        const take = Math.min(this.expected - this.partialLength, chunk.length);
-        chunk.copy(this.partial, this.partialLength, 0, take);
-        this.partialLength += take;
-        offset = take;
-        if (this.partialLength < this.expected) return;
-        const packet = this.partial;
-        this.partial = null;
-        this.partialLength = 0;
-        this.expected = 0;
-        onPacket(packet);
-      }
-    }
-    while (offset < chunk.length) {
-      const size = wholePacketSize(chunk, offset, this.maxPacketSize);
-      if (size < 0) {
-        this.partial = Buffer.from(chunk.subarray(offset));
-        this.partialLength = this.partial.length;
-        this.expected = 0;
-        return;
-      }
-      if (offset + size <= chunk.length) {
-        onPacket(chunk.subarray(offset, offset + size));
-        offset += size;
-      } else {
-        this.partial = Buffer.allocUnsafe(size);
-        chunk.copy(this.partial, 0, offset);
-        this.partialLength = chunk.length - offset;
-        this.expected = size;
-        return;
-      }
-    }
+    this.splitter.push(chunk, (buf, start, end) => onPacket(start === 0 && end === buf.length ? buf : buf.subarray(start, end)));
   }
 }
