@@ -102,6 +102,7 @@ export class EdgeAgent implements DeviceHost {
     this.pool.on('control', (tunnel, frame) => this.onStreamControl(tunnel, frame));
     this.pool.on('down', (tunnel) => this.onTunnelDown(tunnel));
     this.pool.on('up', () => this.resumeDetached());
+    this.pool.on('gave-up', () => this.resumeDetached());
     server.on('connection', (socket) => this.devices.add(new DeviceConnection(socket, this)));
     this.sweep = setInterval(() => this.sweepDevices(), SWEEP_INTERVAL_MS);
     this.sweep.unref();
@@ -204,7 +205,6 @@ export class EdgeAgent implements DeviceHost {
         stream.setPeerWindow(window);
         return;
       }
-      if (state.resumingOn !== tunnel) return;
       try {
         stream.attach(tunnel, frame.body.received, window);
       } catch (err) {
@@ -260,8 +260,10 @@ export class EdgeAgent implements DeviceHost {
     for (const [stream, state] of this.streamStates) {
       if (state.detachedSince === null || state.resumingOn !== null) continue;
       const clientId = stream.sink.clientId!;
-      const picked = this.pool.pick(clientId, state.hubId);
-      if (picked === null) return;
+      // While a tunnel slot is still redialling the stream's own hub, wait for
+      // it: any other hub would refuse the stream and the device reconnect.
+      const picked = this.pool.pick(clientId, state.hubId, this.pool.mayReach(state.hubId));
+      if (picked === null) continue;
       state.resumingOn = picked.tunnel;
       state.resumeAttempt++;
       picked.tunnel.streams.set(stream.id, stream);

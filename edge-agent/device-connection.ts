@@ -55,6 +55,8 @@ export class DeviceConnection implements StreamSink {
   private heldBytes = 0;
   /** The socket is paused because `held` reached its limit. */
   private paused = false;
+  /** The device closed while packets were held: close the stream once they are sent. */
+  private closeAfterHeld: { reason: string; abrupt: boolean } | null = null;
   private disconnectSeen = false;
 
   constructor(
@@ -104,7 +106,7 @@ export class DeviceConnection implements StreamSink {
   }
 
   writable(): void {
-    if (this.state !== 'attached') return;
+    if (this.state !== 'attached' && this.closeAfterHeld === null) return;
     let sent = 0;
     while (sent < this.held.length && this.stream!.canWrite) {
       const packet = this.held[sent++];
@@ -112,7 +114,14 @@ export class DeviceConnection implements StreamSink {
       this.stream!.write(packet);
     }
     if (sent > 0) this.held = this.held.slice(sent);
-    if (this.held.length > 0 || !this.stream!.canWrite) return;
+    if (this.held.length > 0) return;
+    if (this.closeAfterHeld !== null) {
+      const { reason, abrupt } = this.closeAfterHeld;
+      this.closeAfterHeld = null;
+      this.host.closeStream(this.stream!, reason, abrupt);
+      return;
+    }
+    if (!this.stream!.canWrite) return;
     this.holding = false;
     if (this.paused) {
       this.paused = false;
@@ -235,7 +244,11 @@ export class DeviceConnection implements StreamSink {
     const wasAttached = this.state === 'attached';
     this.state = 'closed';
     if (wasAttached && this.stream !== null && this.stream.state !== 'closed') {
-      this.host.closeStream(this.stream, reason, !this.disconnectSeen);
+      // Held packets (a DISCONNECT among them, perhaps) still go out when
+      // credit returns; the stream closes behind them.
+      const close = { reason, abrupt: !this.disconnectSeen };
+      if (this.held.length > 0) this.closeAfterHeld = close;
+      else this.host.closeStream(this.stream, close.reason, close.abrupt);
     }
     this.host.deviceClosed(this, wasAttached && !this.disconnectSeen);
   }

@@ -38,6 +38,7 @@ export interface TunnelPoolEvents {
   up: [tunnel: Tunnel, slot: number];
   down: [tunnel: Tunnel, slot: number, reason: string];
   control: [tunnel: Tunnel, frame: ControlFrame];
+  'gave-up': [slot: number];
 }
 
 interface Slot {
@@ -52,6 +53,8 @@ interface Slot {
   hubCursor: number;
   /** Dials to the current hub that failed in a row. */
   failedDials: number;
+  /** The hub (HELLO id) this slot was last connected to, while it still dials that hub. */
+  lastHubId: string | null;
 }
 
 /**
@@ -80,6 +83,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       // Every tunnel starts on the first hub: streams resume only on the hub that holds their sessions.
       hubCursor: 0,
       failedDials: 0,
+      lastHubId: null,
     }));
   }
 
@@ -122,7 +126,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
    * The ready tunnel for this client ID, or null when none is up. With
    * `hubId`, a tunnel to that hub is preferred: only it can resume the stream.
    */
-  pick(clientId: string, hubId?: string): { tunnel: Tunnel; hubStreamWindow: number } | null {
+  pick(clientId: string, hubId?: string, onlyThatHub = false): { tunnel: Tunnel; hubStreamWindow: number } | null {
     const start = hashClientId(clientId) % this.slots.length;
     let fallback: Slot | null = null;
     for (let i = 0; i < this.slots.length; i++) {
@@ -131,7 +135,13 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       if (hubId === undefined || slot.tunnel.peerId === hubId) return { tunnel: slot.tunnel, hubStreamWindow: slot.hubStreamWindow };
       fallback ??= slot;
     }
-    return fallback === null ? null : { tunnel: fallback.tunnel!, hubStreamWindow: fallback.hubStreamWindow };
+    if (fallback === null || onlyThatHub) return null;
+    return { tunnel: fallback.tunnel!, hubStreamWindow: fallback.hubStreamWindow };
+  }
+
+  /** True while some slot is up to, or still redialling, the hub with this HELLO id. */
+  mayReach(hubId: string): boolean {
+    return this.slots.some((slot) => slot.lastHubId === hubId);
   }
 
   /** Frames and bytes over every tunnel this pool has had, including closed ones. */
@@ -198,6 +208,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
         }
         tunnel.peerMaxFramePayload = frame.body.maxFramePayload;
         tunnel.peerId = frame.body.id;
+        slot.lastHubId = frame.body.id;
         slot.ready = true;
         slot.hubStreamWindow = Math.min(frame.body.streamWindow, MAX_STREAM_WINDOW);
         slot.backoff.reset();
@@ -229,6 +240,9 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       slot.failedDials = wasReady ? 0 : slot.failedDials + 1;
       if (slot.failedDials >= DIALS_BEFORE_NEXT_HUB) {
         slot.failedDials = 0;
+        slot.lastHubId = null;
+        // Streams waiting for the hub this slot gave up on may now go elsewhere.
+        this.emit('gave-up', slot.index);
         slot.hubCursor = (slot.hubCursor + 1) % this.options.hubs.length;
       }
       const delay = slot.backoff.nextDelayMs();

@@ -122,4 +122,20 @@ describe('resume races', () => {
     await eventually(() => seen.filter((message) => message.startsWith('busy/x')).length === 20, 5000, 'all 20 messages');
     expect(closed()).toBe(false);
   });
+
+  it('sends packets held for credit, DISCONNECT included, after the device has gone: no will', async () => {
+    const { relay, agent, seen } = await setup({ streamWindow: 1024, resumeGraceMs: 60_000 }, { resumeGraceMs: 60_000 });
+    const { client } = await device(agent, 'leaving-1');
+    const { carrier, other } = carrierAndOther(agent);
+    const slow = relay.byAgentPort(portOf(other));
+    slow.holdDown = true;
+    relay.byAgentPort(portOf(carrier)).agent.destroy();
+    await sleep(100);
+    for (let i = 0; i < 20; i++) client.publish('leaving/x', Buffer.alloc(200, i), { qos: 0 });
+    await client.endAsync();
+    relay.release(slow);
+    await eventually(() => seen.filter((message) => message.startsWith('leaving/x')).length === 20, 5000, 'all 20 messages');
+    await sleep(500);
+    expect(seen).not.toContain('wills/leaving-1:gone');
+  });
 });
