@@ -10,7 +10,13 @@ export interface FleetStats {
   devices: number;
   /** Devices past CONNACK and SUBACK with an open connection. */
   connected: number;
+  /** Devices that ever got past CONNACK and SUBACK; unlike `connected`, stop() does not lower it. */
+  connects: number;
   connectFailures: number;
+  /** Slowest wait of a connected device from its TCP connect to SUBACK (ms); waiting for a connect slot not included. */
+  slowestConnectMs: number;
+  /** From start() until every device connected or failed (ms); while that is under way, the time so far. */
+  rampMs: number;
   sent: number;
   /** Telemetry publishes completed by PUBACK (QoS 1) or PUBCOMP (QoS 2). */
   acked: number;
@@ -42,6 +48,12 @@ export interface FleetRuntime {
   clock?: () => number;
   /** Uniform in [0, 1); sets each device's publish phase. */
   random?: () => number;
+  /**
+   * Milliseconds from any origin; times the connect ramp. Separate from
+   * `clock` because bench code freezes `clock` during a held ramp, which
+   * would read every connect as instantaneous.
+   */
+  monotonicClock?: () => number;
 }
 
 type FleetState = 'idle' | 'starting' | 'running' | 'stopping' | 'stopped';
@@ -87,6 +99,13 @@ export class DeviceFleet extends EventEmitter<FleetEvents> {
   private readonly commandLatency = new LatencyHistogram();
   private readonly clock: () => number;
   private readonly random: () => number;
+  private readonly monotonicClock: () => number;
+  /** Per device slot: monotonic time its connect was launched. */
+  private readonly connectStartedAt: Float64Array;
+  private connects = 0;
+  private slowestConnectMs = 0;
+  private rampStartedAt: number | null = null;
+  private rampEndedAt: number | null = null;
   private readonly host: DeviceHost;
 
   /** Reused for every telemetry message: generate() copies it into the packet. */
@@ -107,6 +126,7 @@ export class DeviceFleet extends EventEmitter<FleetEvents> {
     this.config = resolveFleetConfig(options);
     this.clock = runtime.clock ?? nowMs;
     this.random = runtime.random ?? Math.random;
+    this.monotonicClock = runtime.monotonicClock ?? (() => performance.now());
     const cfg = this.config;
     this.intervalMs = cfg.ratePerDevice > 0 ? 1000 / cfg.ratePerDevice : Infinity;
     this.sweepIntervalMs = sweepIntervalFor(cfg.keepaliveSeconds * 1000);
@@ -138,6 +158,7 @@ export class DeviceFleet extends EventEmitter<FleetEvents> {
       },
     };
     this.dueAt = new Float64Array(cfg.devices).fill(Infinity);
+    this.connectStartedAt = new Float64Array(cfg.devices);
     this.devices = new Array<SimDevice>(cfg.devices);
     for (let slot = 0; slot < cfg.devices; slot++) {
       const deviceIndex = cfg.startIndex + slot;
@@ -169,6 +190,7 @@ export class DeviceFleet extends EventEmitter<FleetEvents> {
     }).then(() => {
       if (this.state === 'starting') this.state = 'running';
     });
+    this.rampStartedAt = this.monotonicClock();
     this.nextSweepAt = this.clock() + this.sweepIntervalMs;
     this.ticker = setInterval(() => this.tick(), this.config.tickMs);
     this.launchConnects();
@@ -192,7 +214,10 @@ export class DeviceFleet extends EventEmitter<FleetEvents> {
     return {
       devices: this.devices.length,
       connected: c.connected,
+      connects: this.connects,
       connectFailures: c.connectFailures,
+      slowestConnectMs: this.slowestConnectMs,
+      rampMs: this.rampMs(),
       sent: c.sent,
       acked: c.acked,
       skipped: c.skipped,
@@ -208,10 +233,20 @@ export class DeviceFleet extends EventEmitter<FleetEvents> {
     };
   }
 
+  /** The fleet's live latency recorders, for encoding to another process; record nothing into them. */
+  latencyHistograms(): { publishAck: LatencyHistogram; command: LatencyHistogram } {
+    return { publishAck: this.publishAckLatency, command: this.commandLatency };
+  }
+
+  private rampMs(): number {
+    if (this.rampStartedAt === null) return 0;
+    return (this.rampEndedAt ?? this.monotonicClock()) - this.rampStartedAt;
+  }
+
   // --- connect pool ------------------------------------------------------
 
   private launchConnects(): void {
-    const { connectConcurrency, sourceAddresses } = this.config;
+    const { connectConcurrency, sourceAddresses, sourcePortStart } = this.config;
     while (
       this.state === 'starting' &&
       this.connectsInFlight < connectConcurrency &&
@@ -219,10 +254,20 @@ export class DeviceFleet extends EventEmitter<FleetEvents> {
     ) {
       const slot = this.nextToConnect++;
       this.connectsInFlight++;
-      this.devices[slot].connect(sourceAddresses?.[slot % sourceAddresses.length]);
+      this.connectStartedAt[slot] = this.monotonicClock();
+      if (sourceAddresses === undefined) {
+        this.devices[slot].connect(undefined, undefined);
+        continue;
+      }
+      // Round robin over addresses: slot s is device floor(s / A) of its
+      // address, so each address's ports count up from sourcePortStart.
+      const localPort =
+        sourcePortStart === undefined ? undefined : sourcePortStart + Math.floor(slot / sourceAddresses.length);
+      this.devices[slot].connect(sourceAddresses[slot % sourceAddresses.length], localPort);
     }
     const noMoreToLaunch = this.nextToConnect === this.devices.length || this.state !== 'starting';
     if (this.connectsInFlight === 0 && noMoreToLaunch && this.startSettled !== null) {
+      this.rampEndedAt = this.monotonicClock();
       this.startSettled();
       this.startSettled = null;
     }
@@ -246,6 +291,9 @@ export class DeviceFleet extends EventEmitter<FleetEvents> {
 
   private onDeviceReady(device: SimDevice): void {
     this.counters.connected++;
+    this.connects++;
+    const waitedMs = this.monotonicClock() - this.connectStartedAt[device.slot];
+    if (waitedMs > this.slowestConnectMs) this.slowestConnectMs = waitedMs;
     // A random phase spreads devices over the interval, so traffic is smooth
     // rather than arriving in one burst per interval.
     if (this.intervalMs !== Infinity && !this.publishingPaused) {
@@ -255,6 +303,13 @@ export class DeviceFleet extends EventEmitter<FleetEvents> {
   }
 
   private onDeviceConnectFailed(device: SimDevice, reason: string): void {
+    // Another socket (a listener on 0.0.0.0, say) holds the planned port:
+    // let the kernel pick one rather than lose the device. The connect slot
+    // stays taken, so nothing is settled here.
+    if (reason === 'EADDRINUSE' && device.localPort !== undefined && this.state === 'starting') {
+      device.connect(device.localAddress, undefined);
+      return;
+    }
     this.counters.connectFailures++;
     this.emit('connect-failure', device.clientId, reason);
     this.connectSettled();

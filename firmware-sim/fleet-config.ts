@@ -28,6 +28,17 @@ export const fleetOptionsSchema = z
     protocolVersion: z.literal([4, 5]).default(4),
     /** Local addresses to bind, round robin; each gives its own ephemeral port range. */
     sourceAddresses: z.array(z.union([z.ipv4(), z.ipv6()], { error: 'must be an IP address' })).min(1).optional(),
+    /**
+     * Bind explicit local ports: the k-th device on each source address
+     * binds sourcePortStart + k. Without it each device binds port 0 and the
+     * kernel searches the ephemeral range for a free port on every connect.
+     * Measured here (Linux 6.18, 15 000 sockets from one address to one
+     * listener): kernel-chosen ports fell from ~9 500 to ~400 connects/s
+     * once about 5 000 ports of the address were in use; explicit ports held
+     * 13 000–21 000/s throughout. A device whose port is taken (EADDRINUSE)
+     * retries once on a kernel-chosen port.
+     */
+    sourcePortStart: z.int().min(1).max(65535).optional(),
     connectConcurrency: z.int().min(1).default(500),
     /** Covers TCP connect, CONNACK and SUBACK. */
     connectTimeoutMs: z.int().min(1).default(10_000),
@@ -40,7 +51,23 @@ export const fleetOptionsSchema = z
     /** How long stop() waits for orderly closes before destroying sockets. */
     stopTimeoutMs: z.int().min(0).default(2000),
   })
-  .strict();
+  .strict()
+  .superRefine((options, ctx) => {
+    if (options.sourcePortStart === undefined) return;
+    const addresses = options.sourceAddresses?.length;
+    if (addresses === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['sourcePortStart'], message: 'needs sourceAddresses to bind to' });
+      return;
+    }
+    const last = options.sourcePortStart + Math.ceil(options.devices / addresses) - 1;
+    if (last > 65535) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['sourcePortStart'],
+        message: `${options.devices} devices over ${addresses} addresses would need ports up to ${last}`,
+      });
+    }
+  });
 
 export type FleetOptions = z.input<typeof fleetOptionsSchema>;
 export type FleetConfig = z.output<typeof fleetOptionsSchema>;

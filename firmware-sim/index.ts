@@ -9,6 +9,23 @@ export {
 } from './fleet-config.js';
 export { LatencyHistogram } from './latency-histogram.js';
 export {
+  DistributedFleet,
+  distributedFleetOptionsSchema,
+  runDistributedFleet,
+  type DistributedFleetEvents,
+  type DistributedFleetOptions,
+  type DistributedRun,
+  type FleetProgress,
+} from './distributed-fleet.js';
+export { DEVICES_PER_PROCESS, defaultProcessCount, planWorkerSlices } from './fleet-plan.js';
+export type { FleetRunSummary } from './run-summary.js';
+export {
+  DEVICES_PER_SOURCE_ADDRESS,
+  defaultSourcePool,
+  parseSourceAddresses,
+} from './source-addresses.js';
+export { FleetWorkerError } from './worker-process.js';
+export {
   TELEMETRY_HEADER_BYTES,
   decodeTelemetry,
   encodeTelemetry,

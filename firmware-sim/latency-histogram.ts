@@ -1,4 +1,4 @@
-import { build, type Histogram } from 'hdr-histogram-js';
+import { build, decodeFromCompressedBase64, encodeIntoCompressedBase64, type Histogram } from 'hdr-histogram-js';
 
 /**
  * Latency recorder in milliseconds over an HDR histogram stored in microseconds,
@@ -31,5 +31,18 @@ export class LatencyHistogram {
 
   reset(): void {
     this.histogram.reset();
+  }
+
+  /**
+   * Compressed HDR encoding (a few KB), so another process can merge the
+   * full distribution: percentiles of separate processes cannot be combined.
+   */
+  encode(): string {
+    return encodeIntoCompressedBase64(this.histogram);
+  }
+
+  /** Adds the samples of an encode() from elsewhere, keeping exact percentiles of the union. */
+  addEncoded(encoded: string): void {
+    this.histogram.add(decodeFromCompressedBase64(encoded, 32, false));
   }
 }

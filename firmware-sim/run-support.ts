@@ -42,3 +42,16 @@ export function fraction(value: string | undefined, flag: string, fallback: numb
   }
   return parsed;
 }
+
+/**
+ * Resident set size in bytes, or 0 when it cannot be read. Node reads it
+ * from /proc, which needs a descriptor: a simulator holding all of its
+ * descriptors in sockets gets EMFILE, and a status report must not crash it.
+ */
+export function residentSetBytes(): number {
+  try {
+    return process.memoryUsage.rss();
+  } catch {
+    return 0;
+  }
+}

@@ -108,6 +108,9 @@ export class SimDevice {
   private framer: MqttFramer | null = null;
   private connectTimer: NodeJS.Timeout | null = null;
   private closeReason: string | null = null;
+  /** Where the current connection was bound; undefined lets the OS choose. */
+  localAddress: string | undefined = undefined;
+  localPort: number | undefined = undefined;
   private seq = 0;
   private lastPacketId = 0;
   /** Outgoing QoS>0 packet id → send time (or REPLY_MARKER), until PUBACK/PUBCOMP. */
@@ -141,10 +144,13 @@ export class SimDevice {
 
   // --- transitions -------------------------------------------------------
 
-  /** idle → connecting */
-  connect(localAddress: string | undefined): void {
+  /** idle → connecting, or closed → connecting when the fleet retries a failed bind. */
+  connect(localAddress: string | undefined, localPort: number | undefined): void {
     const { host, port, connectTimeoutMs, maxIncomingPacketBytes } = this.host.config;
-    const socket = net.connect({ host, port, localAddress, noDelay: true }) as DeviceSocket;
+    const socket = net.connect({ host, port, localAddress, localPort, noDelay: true }) as DeviceSocket;
+    this.localAddress = localAddress;
+    this.localPort = localPort;
+    this.closeReason = null;
     socket[DEVICE] = this;
     socket.once('connect', onSocketConnect);
     socket.on('data', onSocketData);
