@@ -26,6 +26,8 @@ export interface DeviceHost {
 
 /** MQTT 3.1.1 §3.1.2.10: the server disconnects after one and a half keepalive periods of silence. */
 const KEEPALIVE_GRACE = 1.5;
+/** Shared empty list: most devices never hold a packet, so they allocate none. */
+const NOTHING_HELD: Buffer[] = [];
 /** Packets a device may send past its stream's credit before the agent stops reading it. */
 const HELD_BYTES_LIMIT = 64 * 1024;
 /** A device told its session is over gets this long to close its side before it is cut off. */
@@ -51,7 +53,7 @@ export class DeviceConnection implements StreamSink {
   private unflushedBytes = 0;
   /** Set when the stream refused a write: later packets wait in `held` until credit returns. */
   private holding = false;
-  private held: Buffer[] = [];
+  private held: Buffer[] = NOTHING_HELD;
   private heldBytes = 0;
   /** The socket is paused because `held` reached its limit. */
   private paused = false;
@@ -113,7 +115,7 @@ export class DeviceConnection implements StreamSink {
       this.heldBytes -= packet.length;
       this.stream!.write(packet);
     }
-    if (sent > 0) this.held = this.held.slice(sent);
+    if (sent > 0) this.held = sent === this.held.length ? NOTHING_HELD : this.held.slice(sent);
     if (this.held.length > 0) return;
     if (this.closeAfterHeld !== null) {
       const { reason, abrupt } = this.closeAfterHeld;
@@ -174,6 +176,7 @@ export class DeviceConnection implements StreamSink {
       // answered, or the device would give up on its keepalive) until the held
       // packets reach their limit; then it is paused.
       if (this.holding) {
+        if (this.held === NOTHING_HELD) this.held = [];
         this.held.push(packet);
         this.heldBytes += packet.length;
         if (this.heldBytes >= HELD_BYTES_LIMIT && !this.paused) {

@@ -205,26 +205,20 @@ export function decodeControlBody(type: number, streamId: number, payload: Buffe
  * Streaming frame decoder. Frames inside one chunk are handed out as views;
  * a frame that straddles chunks is assembled once into a buffer of its size.
  */
-export class FrameDecoder {
-  private readonly splitter: UnitSplitter;
+export class FrameDecoder extends UnitSplitter {
   private handler: FrameHandler | null = null;
   private readonly onFrame = (buf: Buffer, start: number, end: number): void => this.dispatch(buf, start, end, this.handler!);
 
   constructor(private readonly maxPayload: number) {
-    this.splitter = new UnitSplitter((buf, offset) => this.frameSizeAt(buf, offset));
-  }
-
-  /** Bytes held for a frame that has not fully arrived. */
-  get pendingBytes(): number {
-    return this.splitter.pendingBytes;
+    super();
   }
 
   push(chunk: Buffer, handler: FrameHandler): void {
     this.handler = handler;
-    this.splitter.push(chunk, this.onFrame);
+    this.split(chunk, this.onFrame);
   }
 
-  private frameSizeAt(buf: Buffer, offset: number): number {
+  protected sizeAt(buf: Buffer, offset: number): number {
     if (buf.length - offset < FRAME_HEADER_SIZE) return -1;
     const length = buf.readUInt32BE(offset + 5);
     if (length > this.maxPayload) {

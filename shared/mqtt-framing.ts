@@ -67,19 +67,21 @@ export function wholePacketSize(buf: Buffer, offset: number, maxPacketSize: numb
  * Packets inside one chunk are handed out as views of that chunk; only a
  * packet that straddles chunks is copied, once, into a buffer of its size.
  */
-export class MqttFramer {
-  private readonly splitter: UnitSplitter;
-
-  constructor(maxPacketSize: number) {
-    this.splitter = new UnitSplitter((buf, offset) => wholePacketSize(buf, offset, maxPacketSize));
+export class MqttFramer extends UnitSplitter {
+  constructor(private readonly maxPacketSize: number) {
+    super();
   }
 
   /** Bytes held for a packet that has not fully arrived. */
   get buffered(): number {
-    return this.splitter.pendingBytes;
+    return this.pendingBytes;
   }
 
   push(chunk: Buffer, onPacket: (packet: Buffer) => void): void {
-    this.splitter.push(chunk, (buf, start, end) => onPacket(start === 0 && end === buf.length ? buf : buf.subarray(start, end)));
+    this.split(chunk, (buf, start, end) => onPacket(start === 0 && end === buf.length ? buf : buf.subarray(start, end)));
+  }
+
+  protected sizeAt(buf: Buffer, offset: number): number {
+    return wholePacketSize(buf, offset, this.maxPacketSize);
   }
 }

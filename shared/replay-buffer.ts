@@ -35,7 +35,11 @@ export class ReplayBuffer {
       this.held -= entry.length;
       this.head++;
     }
-    if (this.head > 64 && this.head * 2 > this.entries.length) {
+    if (this.head === this.entries.length) {
+      // Nothing left: drop the array, so an idle stream pins no batch buffer.
+      if (this.head > 0) this.entries = [];
+      this.head = 0;
+    } else if (this.head > 64 && this.head * 2 > this.entries.length) {
       this.entries = this.entries.slice(this.head);
       this.head = 0;
     }

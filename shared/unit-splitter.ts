@@ -1,25 +1,25 @@
 /**
  * Splits a byte stream into whole length-prefixed units (MQTT packets,
- * tunnel frames). `sizeAt` reads a unit's header at `offset` and returns the
+ * tunnel frames). A subclass's `sizeAt` reads a unit's header at `offset` and returns the
  * unit's total size, or -1 while the header is incomplete; it throws on a
  * header that can never be valid. Units inside one chunk are handed out as
  * ranges of that chunk; only a unit straddling chunks is copied, once, into
  * a buffer of its size.
  */
-export class UnitSplitter {
+export abstract class UnitSplitter {
   private partial: Buffer | null = null;
   private partialLength = 0;
   /** Size of the unit being assembled in `partial`; 0 while its header is incomplete. */
   private expected = 0;
 
-  constructor(private readonly sizeAt: (buf: Buffer, offset: number) => number) {}
+  protected abstract sizeAt(buf: Buffer, offset: number): number;
 
   /** Bytes held for a unit that has not fully arrived. */
   get pendingBytes(): number {
     return this.partialLength;
   }
 
-  push(chunk: Buffer, onUnit: (buf: Buffer, start: number, end: number) => void): void {
+  protected split(chunk: Buffer, onUnit: (buf: Buffer, start: number, end: number) => void): void {
     let offset = 0;
     if (this.partial !== null) {
       if (this.expected === 0) {
