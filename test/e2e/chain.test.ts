@@ -189,6 +189,22 @@ describe('devices through agent, tunnel and hub to the embedded broker', () => {
     expect(good.connected).toBe(true);
   });
 
+  it('takes a burst of 20 000 QoS 1 publishes from one device into the embedded broker without harm', async () => {
+    const app = await chain.app({ clientId: 'burst-watcher' });
+    await app.subscribeAsync('burst/#', { qos: 1 });
+    let received = 0;
+    app.on('message', () => received++);
+    const device = await rawDevice(chain.devicePort);
+    device.socket.write(mqttPacket.generate({ cmd: 'connect', clientId: 'burster', clean: true, keepalive: 30, protocolVersion: 4 }));
+    await eventually(() => Buffer.concat(device.received).length >= 4, 3000, 'CONNACK');
+    const burst = Array.from({ length: 20_000 }, (_, i) =>
+      mqttPacket.generate({ cmd: 'publish', topic: 'burst/x', payload: Buffer.from('0123456789'), qos: 1, messageId: i + 1, retain: false, dup: false }),
+    );
+    device.socket.write(Buffer.concat(burst));
+    await eventually(() => received === 20_000, 20_000, 'all 20 000 publishes at the application');
+    expect(chain.hub.stats().sessions).toBe(1);
+  });
+
   it('closes a device that never sends CONNECT within the connect timeout', async () => {
     const device = await rawDevice(chain.devicePort);
     const started = Date.now();
