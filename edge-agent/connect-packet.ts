@@ -18,25 +18,42 @@ export type ConnectVerdict =
   | { ok: true; connect: DeviceConnect }
   | { ok: false; reason: string; connack: Buffer };
 
+/**
+ * One parser serves every CONNECT: each call hands it exactly one whole
+ * packet, so it is back at a packet boundary afterwards, and a connect storm
+ * does not build a parser per device.
+ */
+const sharedParser = mqttPacket.parser();
+let parsed: Packet | undefined;
+let failure: Error | undefined;
+sharedParser.on('packet', (packet: Packet) => {
+  parsed = packet;
+});
+sharedParser.on('error', (err: Error) => {
+  failure = err;
+});
+
 /** Parses one whole CONNECT packet; throws E_MQTT_MALFORMED when mqtt-packet cannot. */
 export function parseConnect(bytes: Buffer): IConnectPacket {
-  const parser = mqttPacket.parser();
-  let parsed: Packet | undefined;
-  let failure: Error | undefined;
-  parser.on('packet', (packet: Packet) => {
-    parsed = packet;
-  });
-  parser.on('error', (err: Error) => {
-    failure = err;
-  });
-  parser.parse(bytes);
-  if (failure !== undefined || parsed === undefined) {
-    throw new EdgemuxError('E_MQTT_MALFORMED', `malformed CONNECT: ${failure?.message ?? 'incomplete packet'}`);
+  parsed = undefined;
+  failure = undefined;
+  sharedParser.parse(bytes);
+  const packet = parsed as Packet | undefined;
+  const error = failure as Error | undefined;
+  if (error !== undefined || packet === undefined) {
+    // A failed parse can leave the parser mid-packet; start the next one clean.
+    resetParser();
+    throw new EdgemuxError('E_MQTT_MALFORMED', `malformed CONNECT: ${error?.message ?? 'incomplete packet'}`);
   }
-  if (parsed.cmd !== 'connect') {
-    throw new EdgemuxError('E_MQTT_PROTOCOL', `expected CONNECT, got ${parsed.cmd}`);
+  if (packet.cmd !== 'connect') {
+    throw new EdgemuxError('E_MQTT_PROTOCOL', `expected CONNECT, got ${packet.cmd}`);
   }
-  return parsed;
+  return packet;
+}
+
+function resetParser(): void {
+  const state = sharedParser as unknown as { _resetState?: () => void };
+  state._resetState?.();
 }
 
 /**
