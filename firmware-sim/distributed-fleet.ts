@@ -52,6 +52,8 @@ export interface DistributedFleetEvents {
 type DistributedState = 'idle' | 'forking' | 'ramping' | 'running' | 'stopping' | 'stopped';
 
 /** After SIGKILL the kernel reaps at once; this only bounds a pathological wait. */
+/** Extra time allowed per device of a worker's slice for an orderly stop. */
+const STOP_MS_PER_DEVICE = 1;
 const KILL_WAIT_MS = 2000;
 
 function resolveSettings(options: Omit<DistributedFleetOptions, 'onProgress'>): DistributedFleetSettings {
@@ -216,11 +218,16 @@ export class DistributedFleet extends EventEmitter<DistributedFleetEvents> {
     this.endRamp();
     for (const worker of this.workers) worker.requestStop();
     const allClosed = Promise.all(this.workers.map((w) => w.closed));
-    if (!(await settlesWithin(allClosed, this.config.stopTimeoutMs + this.settings.stopGraceMs))) {
+    // Tens of thousands of DISCONNECTs at once keep the broker (and the
+    // machine) busy for a while: the wait grows with the largest slice.
+    const largestSlice = Math.max(0, ...this.slices.map((slice) => slice.devices));
+    const stopWindowMs = this.config.stopTimeoutMs + this.settings.stopGraceMs + largestSlice * STOP_MS_PER_DEVICE;
+    if (!(await settlesWithin(allClosed, stopWindowMs))) {
       for (const worker of this.workers) {
         if (!worker.alive) continue;
+        // Its devices were being stopped on purpose: they are not lost, only slow to leave.
         worker.kill();
-        this.loseWorker(worker, 'did not exit after stop; killed');
+        this.emit('worker-lost', worker.index, worker.pid, `did not exit within ${stopWindowMs} ms of stop; killed`);
       }
       await settlesWithin(allClosed, KILL_WAIT_MS);
     }
