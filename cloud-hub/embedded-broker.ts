@@ -20,6 +20,13 @@ export async function startEmbeddedBroker(options: {
 }): Promise<EmbeddedBroker> {
   const broker = await Aedes.createBroker({
     maxClientsIdLength: MAX_CLIENT_ID_LENGTH,
+    // aedes' default of 100 messages in flight queues the rest in mqemitter,
+    // which drains its queue recursively (and with Array.shift): under a
+    // sustained load it spent a third of the hub's CPU there and overflowed
+    // the stack. Each publisher still waits for its own publish to complete
+    // before aedes reads its next packet, so in-flight work stays bounded by
+    // the number of sessions.
+    concurrency: 0,
     ...(options.persistence !== undefined ? { persistence: options.persistence } : {}),
   });
   const appServer = net.createServer((socket) => broker.handle(socket));
