@@ -11,6 +11,7 @@
  * resolution is the flush interval; connect and disconnect stamp their own time.
  */
 import { EventEmitter } from 'node:events';
+import { EdgemuxError } from '../shared/errors.js';
 import Database from 'better-sqlite3';
 
 export interface AgentRow {
@@ -51,13 +52,10 @@ export interface RegistryStats {
 
 export type RegistryErrorCode = 'E_REGISTRY_CLOSED';
 
-export class RegistryError extends Error {
-  readonly code: RegistryErrorCode;
-
+export class RegistryError extends EdgemuxError {
   constructor(code: RegistryErrorCode, message: string) {
-    super(message);
+    super(code, message);
     this.name = 'RegistryError';
-    this.code = code;
   }
 }
 

@@ -24,6 +24,7 @@
  * until the client subscribes again or the hub restarts.
  */
 import { createRequire } from 'node:module';
+import { EdgemuxError } from '../shared/errors.js';
 import { Readable } from 'node:stream';
 import Database from 'better-sqlite3';
 import { Packr } from 'msgpackr';
@@ -62,13 +63,10 @@ const STREAM_PAGE_ROWS = 128;
 
 export type PersistenceErrorCode = 'E_PERSISTENCE_NOT_FOUND' | 'E_PERSISTENCE_CLOSED';
 
-export class PersistenceError extends Error {
-  readonly code: PersistenceErrorCode;
-
+export class PersistenceError extends EdgemuxError {
   constructor(code: PersistenceErrorCode, message: string) {
-    super(message);
+    super(code, message);
     this.name = 'PersistenceError';
-    this.code = code;
   }
 }
 

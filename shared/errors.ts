@@ -14,7 +14,10 @@ export type EdgemuxErrorCode =
   | 'E_STREAM_PROTOCOL'
   | 'E_TUNNEL_PROTOCOL'
   | 'E_TUNNEL_AUTH'
-  | 'E_CONFIG';
+  | 'E_CONFIG'
+  | 'E_PERSISTENCE_NOT_FOUND'
+  | 'E_PERSISTENCE_CLOSED'
+  | 'E_REGISTRY_CLOSED';
 
 export class EdgemuxError extends Error {
   readonly code: EdgemuxErrorCode;
