@@ -8,8 +8,14 @@ import tls from 'node:tls';
 import { Aedes } from 'aedes';
 import { serveRpc } from './rpc.js';
 
-/** Same as cloud-hub/embedded-broker.ts, so the only difference is the chain in front. */
+/**
+ * The options of cloud-hub/embedded-broker.ts, so the only difference is the
+ * chain in front: client ids up to 256 characters, and `concurrency: 0`
+ * (aedes' default of 100 queues the rest in mqemitter, which drains its
+ * queue recursively: see repro-aedes-stack-overflow.ts).
+ */
 const MAX_CLIENT_ID_LENGTH = 256;
+const CONCURRENCY = Number(process.env.BENCH_AEDES_CONCURRENCY ?? 0);
 
 export interface AedesListenParams {
   host: string;
@@ -26,7 +32,7 @@ export interface AedesStats {
   pings: number;
 }
 
-const broker = await Aedes.createBroker({ maxClientsIdLength: MAX_CLIENT_ID_LENGTH });
+const broker = await Aedes.createBroker({ maxClientsIdLength: MAX_CLIENT_ID_LENGTH, concurrency: CONCURRENCY });
 let pings = 0;
 broker.on('ping', () => {
   pings++;

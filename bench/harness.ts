@@ -41,15 +41,21 @@ export class AddressPool {
 
 export class Budget {
   private readonly start = Date.now();
+  /** Time kept for the scenarios still to come: the current one may not use it. */
+  private reserveMs = 0;
 
   constructor(private readonly limitMs: number) {}
+
+  reserve(ms: number): void {
+    this.reserveMs = ms;
+  }
 
   get elapsedMs(): number {
     return Date.now() - this.start;
   }
 
   get leftMs(): number {
-    return this.limitMs - this.elapsedMs;
+    return this.limitMs - this.elapsedMs - this.reserveMs;
   }
 
   /** True when `needMs` more still fits. */

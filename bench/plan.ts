@@ -15,6 +15,8 @@ export interface Plan {
   retries: number;
   /** The whole run stops starting new measurements past this. */
   budgetMs: number;
+  /** What each scenario needs at least (ms), kept free for it while earlier ones run. */
+  scenarioMs: Record<string, number>;
   throughput: {
     cases: TrafficCase[];
     bridgeCases: TrafficCase[];
@@ -61,6 +63,7 @@ export const QUICK: Plan = {
   quietWaitMs: 0,
   retries: 0,
   budgetMs: 170_000,
+  scenarioMs: { a: 44_000, b: 22_000, c: 20_000, d: 18_000, e: 36_000 },
   throughput: {
     cases: [
       { devices: 100, qos: 0 },
@@ -85,7 +88,8 @@ export const FULL: Plan = {
   reps: 3,
   quietWaitMs: 60_000,
   retries: 2,
-  budgetMs: 40 * 60_000,
+  budgetMs: 60 * 60_000,
+  scenarioMs: {},
   throughput: {
     cases: [
       { devices: 100, qos: 0 },

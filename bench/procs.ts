@@ -271,3 +271,22 @@ export function machineCpuMs(): { busy: number; steal: number } {
     return { busy: NaN, steal: NaN };
   }
 }
+
+/** Direct children of a process (the workers of a node:cluster primary). */
+export function childPids(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** RSS of a process and all its children (KiB). */
+export function treeRssKiB(pid: number): number {
+  return rssKiB(pid) + childPids(pid).reduce((sum, child) => sum + treeRssKiB(child), 0);
+}
+
+/** Open descriptors of a process and all its children. */
+export function treeFdCount(pid: number): number {
+  return fdCount(pid) + childPids(pid).reduce((sum, child) => sum + treeFdCount(child), 0);
+}

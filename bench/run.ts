@@ -6,7 +6,8 @@
  * a table (medians and spread) to stderr, writes the full results to
  * bench/results/, and with --quick ends with one JSON line on stdout.
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -48,6 +49,32 @@ const SCENARIOS: Record<string, (h: Harness, plan: Plan) => Promise<void>> = {
 const RESULTS_DIR = fileURLToPath(new URL('../../bench/results/', import.meta.url));
 /** Agents with a certificate in the dev PKI; --huge adds more (RSA keys take a moment each). */
 const AGENT_IDS = ['agent-1'];
+
+const DIST = fileURLToPath(new URL('../', import.meta.url));
+
+/**
+ * Which build of the product was measured: a hash over the compiled code of
+ * agent, hub, shared and firmware-sim, and when it was last built. Other
+ * people may rebuild dist/ while a run goes on; the run says so if they did.
+ */
+function codeFingerprint(): { hash: string; builtAt: string } {
+  const hash = createHash('sha256');
+  let newest = 0;
+  for (const dir of ['shared', 'edge-agent', 'cloud-hub', 'firmware-sim']) {
+    let files: string[] = [];
+    try {
+      files = readdirSync(join(DIST, dir)).filter((f) => f.endsWith('.js')).sort();
+    } catch {
+      continue;
+    }
+    for (const file of files) {
+      const path = join(DIST, dir, file);
+      hash.update(`${dir}/${file}\0`).update(readFileSync(path));
+      newest = Math.max(newest, statSync(path).mtimeMs);
+    }
+  }
+  return { hash: hash.digest('hex').slice(0, 16), builtAt: new Date(newest).toISOString() };
+}
 
 async function main(): Promise<number> {
   const { values } = parseArgs({
@@ -101,6 +128,8 @@ async function main(): Promise<number> {
     process.stderr.write(`[${((Date.now() - startedAt) / 1000).toFixed(1).padStart(6)}s] ${message}\n`);
   };
   progress(`edgemux bench, ${plan.mode} run: scenarios ${selected.join(', ')}${runHuge ? ', huge' : ''}; ${plan.reps} repetitions`);
+  const codeAtStart = codeFingerprint();
+  progress(`code measured: build ${codeAtStart.hash} of ${codeAtStart.builtAt}`);
   progress(`machine: ${cpus().length} cores (${cpus()[0]?.model ?? '?'}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB, node ${process.version}; load generators and subscriber share these cores with the systems under test`);
 
   const pkiDir = join(workDir, 'pki');
@@ -124,8 +153,9 @@ async function main(): Promise<number> {
     prefix: (tag) => `b${(runCounter++).toString(36)}-${tag}-`,
   };
 
-  for (const name of selected) {
+  for (const [index, name] of selected.entries()) {
     if (interrupted) break;
+    h.budget.reserve(selected.slice(index + 1).reduce((sum, later) => sum + (plan.scenarioMs[later] ?? 0), 0));
     progress(`== scenario ${name}`);
     try {
       await SCENARIOS[name](h, plan);
@@ -149,8 +179,18 @@ async function main(): Promise<number> {
     await registry.stopAll();
   }
   await registry.stopAll();
+  const codeAtEnd = codeFingerprint();
+  if (codeAtEnd.hash !== codeAtStart.hash) {
+    results.note('run', `dist/ was rebuilt during the run (build ${codeAtStart.hash} → ${codeAtEnd.hash} of ${codeAtEnd.builtAt}): processes started after that ran the newer code`);
+  }
 
-  const { table, quickLine, json } = report(results, plan, { elapsedMs: Date.now() - startedAt, scenarios: selected, huge: runHuge });
+  const { table, quickLine, json } = report(results, plan, {
+    elapsedMs: Date.now() - startedAt,
+    scenarios: selected,
+    huge: runHuge,
+    code: { start: codeAtStart, end: codeAtEnd },
+    machine: { cores: cpus().length, model: cpus()[0]?.model, memoryGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10, node: process.version },
+  });
   process.stderr.write(`\n${table}\n`);
   mkdirSync(RESULTS_DIR, { recursive: true });
   const file = join(RESULTS_DIR, `bench-${plan.mode}-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);

@@ -12,9 +12,9 @@ import { ensureDevPki } from '../shared/pki.js';
 import { type Harness, Loadgen, MAX_DEVICES_PER_GENERATOR } from './harness.js';
 import type { ConnectRamp } from './loadgen.js';
 import type { Plan } from './plan.js';
-import { fdCount, type RpcProcess, rssKiB, sleep } from './procs.js';
+import { childPids, type RpcProcess, sleep, treeFdCount, treeRssKiB } from './procs.js';
 import { settle, readRss } from './scenario-memory.js';
-import { HOST, type System, startChain } from './systems.js';
+import { HOST, NotAvailableError, type System, startChain } from './systems.js';
 
 export const HUGE = 'huge 100k';
 const DEVICES = 100_000;
@@ -69,7 +69,7 @@ async function connectAll(h: Harness, system: System, label: string): Promise<{ 
     connected = stats.reduce((sum, s) => sum + (s?.connected ?? 0), 0);
     const failed = stats.reduce((sum, s) => sum + (s?.connectFailures ?? 0), 0);
     const lost = stats.reduce((sum, s) => sum + (s?.disconnects ?? 0), 0);
-    const procs = Object.entries(system.procs).map(([role, p]) => `${role} ${p.alive ? `${Math.round(rssKiB(p.pid) / 1024)} MiB, ${fdCount(p.pid)} fds` : `EXITED (code ${p.exitInfo?.code}, signal ${p.exitInfo?.signal})`}`);
+    const procs = Object.entries(system.procs).map(([role, p]) => `${role} ${p.alive ? `${Math.round(treeRssKiB(p.pid) / 1024)} MiB, ${treeFdCount(p.pid)} fds` : `EXITED (code ${p.exitInfo?.code}, signal ${p.exitInfo?.signal})`}`);
     h.progress(`${HUGE} ${label}: ${connected} connected, ${failed} connect failures, ${lost} lost after connecting; ${procs.join('; ')}`);
     if (connected > best) {
       best = connected;
@@ -93,33 +93,56 @@ async function stopGenerators(generators: Generator[]): Promise<void> {
   );
 }
 
+function agentFate(system: System): string {
+  const agent = system.procs.agent;
+  if (agent.alive) return `alive: ${1 + childPids(agent.pid).length} process(es), ${treeFdCount(agent.pid)} descriptors open`;
+  return `exited (code ${agent.exitInfo?.code}, signal ${agent.exitInfo?.signal}): ${agent.logTail().split('\n').filter((l) => l.trim() !== '').slice(-8).join(' | ')}`;
+}
+
+/** One agent (one process, or one primary with --workers) in front of one hub. */
+async function oneAgent(h: Harness, label: string, workers: number | undefined): Promise<void> {
+  let system: System;
+  try {
+    system = await startChain(h, { agentWorkers: workers });
+  } catch (err) {
+    if (!(err instanceof NotAvailableError)) throw err;
+    h.results.skip(HUGE, `${label}: not available: ${err.message}`);
+    return;
+  }
+  let generators: Generator[] = [];
+  try {
+    await settle(system);
+    const before = { agent: treeRssKiB(system.pids.agent), hub: treeRssKiB(system.pids.hub) };
+    const run = await connectAll(h, system, label);
+    generators = run.generators;
+    const reasons: Record<string, number> = {};
+    for (const g of generators) for (const [k, v] of Object.entries(g.done?.failureReasons ?? {})) reasons[k] = (reasons[k] ?? 0) + v;
+    const fate = agentFate(system);
+    const after = { agent: treeRssKiB(system.pids.agent), hub: treeRssKiB(system.pids.hub) };
+    h.results.add(HUGE, label, 'chain', 'devices connected at once', 'devices', 'higher', run.connected);
+    h.results.add(HUGE, label, 'chain', 'connects/s', '1/s', 'higher', (run.connected * 1000) / Math.max(1, run.elapsedMs));
+    h.results.add(HUGE, label, 'chain', 'agent RSS (all processes)', 'MiB', 'none', after.agent / 1024);
+    h.results.add(HUGE, label, 'chain', 'hub RSS', 'MiB', 'none', after.hub / 1024);
+    if (run.connected > 0) {
+      h.results.add(HUGE, label, 'chain', 'agent RSS per device', 'KiB', 'lower', (after.agent - before.agent) / run.connected);
+      h.results.add(HUGE, label, 'chain', 'hub RSS per device', 'KiB', 'lower', (after.hub - before.hub) / run.connected);
+    }
+    h.results.note(HUGE, `${label}: at most ${run.connected} of ${DEVICES} devices connected at once; agent ${fate}; connect failures by reason: ${JSON.stringify(reasons)}`);
+    h.results.detail(HUGE, { part: label, before, after, connected: run.connected, elapsedMs: run.elapsedMs, agentFate: fate, reasons, ramps: generators.map((g) => g.done ?? g.error) });
+  } finally {
+    await stopGenerators(generators);
+    await system.close();
+  }
+}
+
 export async function hugeScenario(h: Harness, plan: Plan): Promise<void> {
   void plan;
   await ensureDevPki(h.pkiDir, { agentIds: Array.from({ length: GENERATORS }, (_, i) => `agent-${i + 1}`) });
-  // 1. One agent.
-  {
-    const system = await startChain(h);
-    let generators: Generator[] = [];
-    try {
-      await settle(system);
-      const before = readRss(system);
-      const run = await connectAll(h, system, 'one agent');
-      generators = run.generators;
-      const agent = system.procs.agent;
-      const reasons: Record<string, number> = {};
-      for (const g of generators) for (const [k, v] of Object.entries(g.done?.failureReasons ?? {})) reasons[k] = (reasons[k] ?? 0) + v;
-      const fate = agent.alive ? `alive, ${fdCount(agent.pid)} descriptors open` : `exited (code ${agent.exitInfo?.code}, signal ${agent.exitInfo?.signal}): ${agent.logTail().split('\n').slice(-8).join(' | ')}`;
-      h.results.add(HUGE, 'one agent', 'chain', 'devices connected at once', 'devices', 'higher', run.connected);
-      h.results.add(HUGE, 'one agent', 'chain', 'agent RSS', 'MiB', 'none', rssKiB(agent.pid) / 1024);
-      h.results.add(HUGE, 'one agent', 'chain', 'hub RSS', 'MiB', 'none', rssKiB(system.pids.hub) / 1024);
-      h.results.note(HUGE, `one agent: at most ${run.connected} of ${DEVICES} devices connected at once; agent ${fate}; connect failures by reason: ${JSON.stringify(reasons)}`);
-      h.results.detail(HUGE, { part: 'one agent', before, connected: run.connected, elapsedMs: run.elapsedMs, agentFate: fate, reasons, ramps: generators.map((g) => g.done ?? g.error) });
-    } finally {
-      await stopGenerators(generators);
-      await system.close();
-    }
-  }
-  // 2. Several agents, one hub.
+  // 1. One agent process.
+  await oneAgent(h, 'one agent, one process', undefined);
+  // 2. One agent with a worker per ~17 000 devices (edge-agent --workers).
+  await oneAgent(h, `one agent, --workers ${GENERATORS}`, GENERATORS);
+  // 3. Several agents, one hub: what the hub does with 100 000 sessions.
   {
     const agents = GENERATORS;
     const system = await startChain(h, { agents });

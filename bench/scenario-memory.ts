@@ -8,7 +8,7 @@ import { guarded, type Harness, Loadgen } from './harness.js';
 import type { Plan } from './plan.js';
 import { type ManagedProcess, rssKiB, sleep } from './procs.js';
 import type { Variant } from './scenario-throughput.js';
-import { HOST, type System, startAedes, startChain, startMosquittoBroker } from './systems.js';
+import { HOST, NotAvailableError, type System, startAedes, startChain, startChainToMosquitto, startMosquittoBroker } from './systems.js';
 
 export const MEMORY = 'c idle memory';
 /** Full GC in every node process of the system (SIGUSR2, see preload.ts), then a pause. */
@@ -28,7 +28,10 @@ export async function memoryScenario(h: Harness, plan: Plan): Promise<void> {
     { name: 'aedes direct', start: () => startAedes(h) },
     { name: 'chain', start: () => startChain(h) },
   ];
-  if (plan.mode === 'full') variants.push({ name: 'mosquitto direct', start: () => startMosquittoBroker(h) });
+  if (plan.mode === 'full') {
+    variants.push({ name: 'mosquitto direct', start: () => startMosquittoBroker(h) });
+    variants.push({ name: 'chain to mosquitto', start: () => startChainToMosquitto(h) });
+  }
   for (let rep = 0; rep < plan.reps; rep++) {
     if (!h.budget.allows(4 * plan.memory.settleMs + 8000)) {
       h.results.note(MEMORY, `stopped after ${rep} repetition(s): time budget`);
@@ -40,7 +43,14 @@ export async function memoryScenario(h: Harness, plan: Plan): Promise<void> {
       const systems: { variant: string; system: System }[] = [];
       const fleets: Loadgen[] = [];
       try {
-        for (const v of variants) systems.push({ variant: v.name, system: await v.start() });
+        for (const v of variants) {
+          try {
+            systems.push({ variant: v.name, system: await v.start() });
+          } catch (err) {
+            if (!(err instanceof NotAvailableError)) throw err;
+            if (rep === 0) h.results.skip(MEMORY, `${v.name}: not available: ${err.message}`);
+          }
+        }
         await sleep(300);
         await Promise.all(systems.map(({ system }) => settle(system, plan.memory.settleMs)));
         const before = systems.map(({ system }) => readRss(system));

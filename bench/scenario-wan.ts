@@ -75,7 +75,7 @@ async function startSides(h: Harness): Promise<{ sides: Side[]; close: () => Pro
 
 export async function wanScenario(h: Harness, plan: Plan): Promise<void> {
   const w = plan.wan;
-  const needMs = (w.windows + (plan.mode === 'quick' ? 1 : w.windows)) * w.windowMs + 20_000;
+  const needMs = (w.windows + (plan.mode === 'quick' ? 1 : w.windows)) * w.windowMs + 15_000;
   if (!h.budget.allows(needMs)) {
     h.results.note(WAN, `not run: time budget (needs about ${Math.round(needMs / 1000)} s)`);
     return;

@@ -73,6 +73,8 @@ export interface ChainOptions {
   tunnelVia?: (tunnelPort: number) => Promise<number>;
   agents?: number;
   tunnels?: number;
+  /** `edge-agent --workers N`: node:cluster workers sharing the device port. */
+  agentWorkers?: number;
 }
 
 export async function startChain(ctx: BenchContext, options: ChainOptions = {}): Promise<System> {
@@ -109,13 +111,20 @@ export async function startChain(ctx: BenchContext, options: ChainOptions = {}):
       const agent = ctx.registry.spawnNode(
         name,
         AGENT_CLI,
-        ['--dev-pki', ctx.pkiDir, '--agent-id', `agent-${i}`, '--hub', `${HOST}:${dialPort}`, '--host', HOST, '--port', String(devicePort), '--tunnels', String(options.tunnels ?? 2), '--log-level', 'warn'],
+        [
+          '--dev-pki', ctx.pkiDir, '--agent-id', `agent-${i}`, '--hub', `${HOST}:${dialPort}`, '--host', HOST, '--port', String(devicePort),
+          '--tunnels', String(options.tunnels ?? 2), '--log-level', 'warn',
+          ...(options.agentWorkers !== undefined ? ['--workers', String(options.agentWorkers)] : []),
+        ],
         ctx.agentNodeFlags,
       );
       procs[name] = agent;
       try {
         await waitForMqtt(HOST, devicePort, START_TIMEOUT_MS, deadCheck(agent));
       } catch (err) {
+        if (options.agentWorkers !== undefined && !agent.alive) {
+          throw new NotAvailableError(`the agent refused --workers ${options.agentWorkers}: ${firstLines(agent.logTail(), 4)}`);
+        }
         if (options.externalBrokerPort !== undefined && agent.alive && hub.alive) {
           throw new NotAvailableError(`a device CONNECT through agent and hub to the external broker got no CONNACK (${(err as Error).message}); hub log: ${firstLines(hub.logTail(), 4)}`);
         }

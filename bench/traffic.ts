@@ -118,10 +118,39 @@ export async function trafficRun(h: Harness, system: System, tag: string, params
       fleet: after,
     };
   } finally {
+    if (loadgen !== null) await drain(loadgen, subscriber);
     debug('stopping fleet');
     await loadgen?.stop();
     debug('stopping subscriber');
     await subscriber.stop();
     debug('stopped');
+  }
+}
+
+/**
+ * Stops publishing and waits until the subscriber has what was sent (or
+ * nothing more arrives for half a second, at most 5 s) before anything is
+ * closed. Closing the subscriber while the broker still queues messages for
+ * it crashes aedes 1.2.0 (mqemitter recursion; see repro-aedes-stack-overflow.ts).
+ */
+async function drain(loadgen: Loadgen, subscriber: Subscriber): Promise<void> {
+  try {
+    const paused = await loadgen.pause();
+    let last = -1;
+    let lastChange = Date.now();
+    const deadline = Date.now() + 5000;
+    while (Date.now() < deadline) {
+      const { total } = await subscriber.read();
+      if (total >= paused.sent) return;
+      if (total !== last) {
+        last = total;
+        lastChange = Date.now();
+      } else if (Date.now() - lastChange > 500) {
+        return;
+      }
+      await sleep(50);
+    }
+  } catch {
+    // best effort: the processes are stopped next either way
   }
 }
