@@ -144,10 +144,9 @@ export async function wanScenario(h: Harness, plan: Plan): Promise<void> {
         h.results.detail(WAN, { window: i, windowMs: w.windowMs, chainBytes, directBytes, heartbeatBytes, directPings: p1 - p0 });
         h.progress(`${WAN} idle window ${i + 1}: chain ${chainBytes} B (heartbeat alone ${heartbeatBytes} B), direct ${directBytes} B over ${p1 - p0} pings`);
       }
-      for (const [k, side] of sides.entries()) {
+      for (const side of sides) {
         const c = await bytes(side);
         h.results.add(WAN, idleCase, side.name, 'WAN connections', 'conns', 'lower', c.open);
-        void k;
       }
     } finally {
       await Promise.all(fleets.map((f) => f.stop()));
@@ -199,7 +198,7 @@ async function messageCost(h: Harness, side: Side, devices: number, messages: nu
     const t0 = performance.now();
     await loadgen.release();
     await waitUntil(async () => (await loadgen.stats()).sent >= messages, 20_000);
-    const paused = await loadgen.pause();
+    await loadgen.pause();
     const done = await waitUntil(async () => {
       const [s, r] = await Promise.all([loadgen.stats(), subscriber.read()]);
       return s.acked >= s.sent && r.total >= s.sent;
@@ -212,7 +211,6 @@ async function messageCost(h: Harness, side: Side, devices: number, messages: nu
     const sent = (await loadgen.stats()).sent;
     const up = c1.up - c0.up;
     const total = c1.up + c1.down - (c0.up + c0.down) - heartbeatPerMs * elapsed;
-    void paused;
     return { total: (total / sent) * 1000, up: (up / sent) * 1000 };
   } finally {
     await loadgen.stop();
