@@ -114,7 +114,8 @@ export class Loadgen {
     return this.proc.call('stats');
   }
 
-  release(): Promise<void> {
+  /** Starts publishing; resolves with how far payload stamps run behind real time (ms). */
+  release(): Promise<number> {
     return this.proc.call('release');
   }
 
@@ -152,6 +153,11 @@ export class Subscriber {
   /** Port on which the subscriber streams its delivery count (for a load generator's window). */
   feedback(): Promise<number> {
     return this.proc.call('feedback');
+  }
+
+  /** Payload stamps run this far behind real time (a fleet held before it published). */
+  clockOffset(ms: number): Promise<void> {
+    return this.proc.call('clockOffset', ms);
   }
 
   mark(): Promise<SubscriberReading> {

@@ -13,8 +13,9 @@ export interface LoadgenStartParams {
   options: FleetOptions;
   /**
    * Freeze the fleet's clock until `release`: devices connect but publish
-   * nothing (and send no PINGREQ), so traffic can start at a known moment.
-   * Payload time stamps are then off by the hold time: not for latency runs.
+   * nothing (and send no PINGREQ), so traffic starts at a known moment, with
+   * every device connected. Payload time stamps then run behind real time by
+   * the time held (`release` returns it; the subscriber takes it off).
    */
   hold?: boolean;
   /** How often the ramp is sampled to find when 50/99/100% were connected. */
@@ -156,9 +157,11 @@ serveRpc({
       failureReasons,
     };
   },
-  release(): void {
+  /** Ends the initial hold; returns how far the fleet's clock now runs behind real time (ms). */
+  release(): number {
     manualHold = false;
     applyHolds();
+    return offset;
   },
   stats(): FleetStats & { disconnectReasons: Record<string, number>; windowStops: number; windowStoppedMs: number } {
     return { ...requireFleet().stats(), disconnectReasons, windowStops, windowStoppedMs: Math.round(windowStoppedMs) };

@@ -76,6 +76,9 @@ function codeFingerprint(): { hash: string; builtAt: string } {
   return { hash: hash.digest('hex').slice(0, 16), builtAt: new Date(newest).toISOString() };
 }
 
+/** A bad command line: reported without a stack trace, exit code 2. */
+class UsageError extends Error {}
+
 async function main(): Promise<number> {
   const { values } = parseArgs({
     options: {
@@ -95,12 +98,12 @@ async function main(): Promise<number> {
   const plan: Plan = structuredClone(values.quick ? QUICK : FULL);
   if (values.reps !== undefined) {
     const reps = Number(values.reps);
-    if (!Number.isInteger(reps) || reps < 1 || reps > 20) throw new Error(`--reps: expected 1..20 (got ${values.reps})`);
+    if (!Number.isInteger(reps) || reps < 1 || reps > 20) throw new UsageError(`--reps: expected 1..20 (got ${values.reps})`);
     plan.reps = reps;
   }
   const only = values.only?.split(',').map((s) => s.trim()) ?? null;
   for (const name of only ?? []) {
-    if (!(name in SCENARIOS) && name !== 'huge') throw new Error(`--only: unknown scenario ${name} (expected ${Object.keys(SCENARIOS).join(', ')}, huge)`);
+    if (!(name in SCENARIOS) && name !== 'huge') throw new UsageError(`--only: unknown scenario ${name} (expected ${Object.keys(SCENARIOS).join(', ')}, huge)`);
   }
   const selected = Object.keys(SCENARIOS).filter((name) => (only === null ? !(name === 'f' && plan.ceiling === null) && !(name === 'profile' && !plan.profile) : only.includes(name)));
   const runHuge = values.huge || (only?.includes('huge') ?? false);
@@ -205,7 +208,8 @@ main().then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.exitCode = 1;
+    const usage = err instanceof UsageError || (err instanceof TypeError && 'code' in err && String(err.code).startsWith('ERR_PARSE_ARGS'));
+    process.stderr.write(usage ? `${(err as Error).message}\n${HELP}\n` : `${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exitCode = usage ? 2 : 1;
   },
 );

@@ -42,6 +42,8 @@ let markAt = performance.now();
 const latency = new LatencyHistogram();
 let maxMs = 0;
 let onSuback: (() => void) | null = null;
+/** How far the publishers' clock runs behind ours (ms), taken off every latency. */
+let stampOffset = 0;
 let failure: Error | null = null;
 
 /** Byte offset of the variable header: after the type byte and 1–4 remaining-length bytes. */
@@ -65,7 +67,7 @@ function onData(this: net.Socket, chunk: Buffer, framer: MqttFramer): void {
       }
       total++;
       if (packet.length - at >= TELEMETRY_HEADER_BYTES) {
-        const ms = nowMs() - packet.readDoubleBE(at);
+        const ms = nowMs() - stampOffset - packet.readDoubleBE(at);
         latency.record(ms);
         if (ms > maxMs) maxMs = ms;
       }
@@ -153,6 +155,9 @@ serveRpc({
         s.write(generate({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: params.filter, qos: params.qos }] }));
       });
     });
+  },
+  clockOffset(ms: number): void {
+    stampOffset = ms;
   },
   mark(): SubscriberReading {
     const before = reading();

@@ -83,11 +83,14 @@ export async function trafficRun(h: Harness, system: System, tag: string, params
       tickMs: params.tickMs ?? 10,
       maxInflight: params.maxInflight ?? 100,
       connectConcurrency: 500,
-    }, { window });
+    }, { window, hold: true });
     if (loadgen.ramp.connected < params.devices) {
       throw new Error(`only ${loadgen.ramp.connected} of ${params.devices} devices connected: ${JSON.stringify(loadgen.ramp.failureReasons)}`);
     }
     debug(`fleet connected: ${JSON.stringify(loadgen.ramp)}`);
+    // Every device is connected before any publishes: a broker busy with
+    // traffic can otherwise starve the connects of the later devices.
+    await subscriber.clockOffset(await loadgen.release());
     await sleep(params.warmupMs);
     const pids: Record<string, number> = { ...system.pids, loadgen: loadgen.proc.pid, subscriber: subscriber.proc.pid };
     const cpu0 = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuMs(pid)]));
