@@ -1,5 +1,6 @@
 import net from 'node:net';
 import { Aedes } from 'aedes';
+import { SocketBatcher } from '../shared/socket-batcher.js';
 import type { SqlitePersistence } from './sqlite-persistence.js';
 
 export interface EmbeddedBroker {
@@ -29,7 +30,13 @@ export async function startEmbeddedBroker(options: {
     concurrency: 0,
     ...(options.persistence !== undefined ? { persistence: options.persistence } : {}),
   });
-  const appServer = net.createServer((socket) => broker.handle(socket));
+  // aedes writes every delivery with its own writev: a cloud application
+  // subscribed to a fleet would cost the hub one syscall per message.
+  const appWrites = new SocketBatcher();
+  const appServer = net.createServer((socket) => {
+    appWrites.gather(socket);
+    broker.handle(socket);
+  });
   await new Promise<void>((resolve, reject) => {
     appServer.once('error', reject);
     appServer.listen(options.appPort, options.appHost, () => {

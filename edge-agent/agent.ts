@@ -5,7 +5,7 @@ import { MuxStream } from '../shared/mux-stream.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import type { DeviceConnect } from './connect-packet.js';
 import { DeviceConnection, type DeviceHost } from './device-connection.js';
-import { SocketBatcher } from './socket-batcher.js';
+import { SocketBatcher } from '../shared/socket-batcher.js';
 import { type HubAddress, TunnelPool } from './tunnel-pool.js';
 
 export type DeviceStream = MuxStream<DeviceConnection, Tunnel>;
@@ -16,6 +16,8 @@ export interface AgentOptions {
   worker?: number;
   deviceHost: string;
   devicePort: number;
+  /** Kernel accept queue of the device port; node's own default (511) overflows in connect storms. */
+  deviceBacklog?: number;
   hubs: HubAddress[];
   tunnels: number;
   tls: { ca: string; cert: string; key: string };
@@ -57,6 +59,7 @@ interface StreamState {
 }
 
 const SWEEP_INTERVAL_MS = 1000;
+const DEFAULT_DEVICE_BACKLOG = 4096;
 /** The agent's replay memory per stream stays bounded whatever window the hub grants. */
 const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 
@@ -112,7 +115,7 @@ export class EdgeAgent implements DeviceHost {
     const server = net.createServer({ noDelay: true });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(options.devicePort, options.deviceHost, () => {
+      server.listen({ port: options.devicePort, host: options.deviceHost, backlog: options.deviceBacklog ?? DEFAULT_DEVICE_BACKLOG }, () => {
         server.off('error', reject);
         resolve();
       });

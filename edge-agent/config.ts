@@ -7,7 +7,14 @@ const hostPort = z.string().regex(/^.+:\d{1,5}$/, 'expected host:port');
 export const agentConfigSchema = z.strictObject({
   /** Defaults to the common name of the agent certificate. */
   agentId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, dot, dash, underscore').default('agent-1'),
-  listen: z.strictObject({ host: z.string().default('0.0.0.0'), port: port.default(1883) }).prefault({}),
+  listen: z
+    .strictObject({
+      host: z.string().default('0.0.0.0'),
+      port: port.default(1883),
+      /** Connections the kernel queues before the agent accepts them (capped by net.core.somaxconn): a storm of devices overflows a short queue into SYN retransmits of 1 s and more. */
+      backlog: z.number().int().min(1).max(65535).default(4096),
+    })
+    .prefault({}),
   hubs: z.array(hostPort).min(1, 'name at least one hub as host:port').default(['127.0.0.1:8883']),
   tunnels: z.number().int().min(1).max(16).default(2),
   /** Processes sharing the device port; each holds its own tunnels. */

@@ -6,7 +6,7 @@ import { MqttFramer, PacketType, packetTypeOf, PINGRESP_BYTES } from '../shared/
 import type { MuxStream, StreamSink } from '../shared/mux-stream.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import { admitConnect, type DeviceConnect } from './connect-packet.js';
-import type { SocketBatcher } from './socket-batcher.js';
+import type { SocketBatcher } from '../shared/socket-batcher.js';
 
 export type DeviceState = 'awaiting-connect' | 'attached' | 'draining' | 'closed';
 
@@ -67,7 +67,6 @@ export class DeviceConnection implements StreamSink {
   ) {
     this.acceptedAt = this.lastHeardAt = Date.now();
     this.framer = new MqttFramer(host.maxPacketSize);
-    socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onBytes(chunk));
     socket.on('drain', () => this.onDrain());
     socket.on('error', () => {

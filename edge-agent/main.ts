@@ -15,6 +15,7 @@ export async function startAgent(config: AgentConfig, worker = 0): Promise<EdgeA
     worker,
     deviceHost: config.listen.host,
     devicePort: config.listen.port,
+    deviceBacklog: config.listen.backlog,
     hubs: config.hubs.map((hub, index) => parseHostPort(hub, `hubs[${index}]`)),
     tunnels: config.tunnels,
     tls,
