@@ -32,6 +32,22 @@ const NOTHING_HELD: Buffer[] = [];
 const HELD_BYTES_LIMIT = 64 * 1024;
 /** A device told its session is over gets this long to close its side before it is cut off. */
 const DRAIN_TIMEOUT_MS = 10_000;
+/** Each socket points to its device, so one set of listeners serves every device instead of closures per device. */
+const DEVICE = Symbol('device');
+type DeviceSocket = Socket & { [DEVICE]: DeviceConnection };
+
+function onDeviceBytes(this: DeviceSocket, chunk: Buffer): void {
+  this[DEVICE].onBytes(chunk);
+}
+function onDeviceDrain(this: DeviceSocket): void {
+  this[DEVICE].onDrain();
+}
+function onDeviceClose(this: DeviceSocket): void {
+  this[DEVICE].onSocketClosed();
+}
+function ignoreDeviceError(): void {
+  // 'close' follows and decides; a reset device is an abrupt disconnect.
+}
 
 /**
  * One local device on the agent: awaiting-connect → attached → draining → closed.
@@ -43,12 +59,14 @@ export class DeviceConnection implements StreamSink {
   clientId: string | null = null;
   stream: MuxStream<DeviceConnection, Tunnel> | null = null;
   private keepaliveMs = 0;
-  private drainingSince = 0;
   private protocolVersion = 4;
   /** The next bytes from the hub are the broker's CONNACK. */
   private awaitingConnack = false;
-  private lastHeardAt: number;
-  private readonly acceptedAt: number;
+  /**
+   * What the current state's timer counts from: accepted (awaiting-connect),
+   * last heard from (attached), told to close (draining).
+   */
+  private timerStart: number;
   private readonly framer: MqttFramer;
   private unflushedBytes = 0;
   /** Set when the stream refused a write: later packets wait in `held` until credit returns. */
@@ -65,26 +83,24 @@ export class DeviceConnection implements StreamSink {
     readonly socket: Socket,
     private readonly host: DeviceHost,
   ) {
-    this.acceptedAt = this.lastHeardAt = Date.now();
+    this.timerStart = Date.now();
     this.framer = new MqttFramer(host.maxPacketSize);
-    socket.on('data', (chunk: Buffer) => this.onBytes(chunk));
-    socket.on('drain', () => this.onDrain());
-    socket.on('error', () => {
-      // 'close' follows and decides; a reset device is an abrupt disconnect.
-    });
-    socket.on('close', () => this.onSocketClosed());
+    (socket as DeviceSocket)[DEVICE] = this;
+    socket.on('data', onDeviceBytes);
+    socket.on('error', ignoreDeviceError);
+    socket.on('close', onDeviceClose);
   }
 
   /** Called by the agent's sweep; closes devices past their CONNECT timeout or keepalive. */
   checkTimers(now: number, connectTimeoutMs: number): void {
-    if (this.state === 'awaiting-connect' && now - this.acceptedAt > connectTimeoutMs) {
+    if (this.state === 'awaiting-connect' && now - this.timerStart > connectTimeoutMs) {
       this.fail('no CONNECT within the connect timeout');
     } else if (this.state === 'attached' && this.paused) {
       // The agent itself stopped reading this device (no credit): its silence is ours, not its.
-      this.lastHeardAt = now;
-    } else if (this.state === 'attached' && this.keepaliveMs > 0 && now - this.lastHeardAt > this.keepaliveMs * KEEPALIVE_GRACE) {
+      this.timerStart = now;
+    } else if (this.state === 'attached' && this.keepaliveMs > 0 && now - this.timerStart > this.keepaliveMs * KEEPALIVE_GRACE) {
       this.fail('keepalive expired');
-    } else if (this.state === 'draining' && now - this.drainingSince > DRAIN_TIMEOUT_MS) {
+    } else if (this.state === 'draining' && now - this.timerStart > DRAIN_TIMEOUT_MS) {
       this.fail('did not close after the session ended');
     }
   }
@@ -102,6 +118,7 @@ export class DeviceConnection implements StreamSink {
       this.stream?.consume(payload.length);
     } else {
       // The device is not reading: hold the credit back so the hub stops sending.
+      if (this.unflushedBytes === 0) this.socket.once('drain', onDeviceDrain);
       this.unflushedBytes += payload.length;
     }
   }
@@ -135,7 +152,7 @@ export class DeviceConnection implements StreamSink {
     if (this.state === 'closed' || this.state === 'draining') return;
     this.host.log.debug({ clientId: this.clientId, reason }, 'hub closed the device session');
     this.state = 'draining';
-    this.drainingSince = Date.now();
+    this.timerStart = Date.now();
     this.socket.end();
   }
 
@@ -144,8 +161,9 @@ export class DeviceConnection implements StreamSink {
     this.fail('stream could not resume within the grace period');
   }
 
-  private onBytes(chunk: Buffer): void {
-    this.lastHeardAt = Date.now();
+  /** @internal */
+  onBytes(chunk: Buffer): void {
+    if (this.state === 'attached') this.timerStart = Date.now();
     try {
       this.framer.push(chunk, (packet) => this.onPacket(packet));
     } catch (err) {
@@ -202,7 +220,7 @@ export class DeviceConnection implements StreamSink {
     if (!verdict.ok) {
       this.host.log.info({ remote: this.socket.remoteAddress, reason: verdict.reason }, 'device refused');
       this.state = 'draining';
-      this.drainingSince = Date.now();
+      this.timerStart = Date.now();
       this.socket.end(verdict.connack);
       return;
     }
@@ -218,6 +236,7 @@ export class DeviceConnection implements StreamSink {
     }
     this.stream = stream;
     this.state = 'attached';
+    this.timerStart = Date.now();
   }
 
   /** MQTT 5 §3.2.2.3.14: a Server Keep Alive in the CONNACK replaces the device's own keepalive. */
@@ -227,7 +246,8 @@ export class DeviceConnection implements StreamSink {
     this.keepaliveMs = effectiveKeepalive(this.keepaliveMs / 1000, parseConnack(payload, 5)) * 1000;
   }
 
-  private onDrain(): void {
+  /** @internal */
+  onDrain(): void {
     if (this.unflushedBytes === 0) return;
     const bytes = this.unflushedBytes;
     this.unflushedBytes = 0;
@@ -241,7 +261,8 @@ export class DeviceConnection implements StreamSink {
     this.onSocketClosed(reason);
   }
 
-  private onSocketClosed(reason = 'device closed the connection'): void {
+  /** @internal */
+  onSocketClosed(reason = 'device closed the connection'): void {
     if (this.state === 'closed') return;
     const wasAttached = this.state === 'attached';
     this.state = 'closed';

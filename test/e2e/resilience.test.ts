@@ -162,4 +162,33 @@ describe('tunnel loss is invisible to devices and broker', () => {
     await eventually(() => hubSession.state === 'closed', 10_000, 'slow consumer to be cut off');
     expect(healthy.connected).toBe(true);
   });
+
+  it('a device that stops reading for a while gets everything, in order, once it reads again', async () => {
+    chain = await startChain();
+    const app = await chain.app({ clientId: 'batch-sender' });
+    const slow = await connectClient(chain.devicePort, { clientId: 'slow-reader' });
+    cleanups.push(() => slow.endAsync(true));
+    await slow.subscribeAsync('batch/#', { qos: 1 });
+    const received: number[] = [];
+    slow.on('message', (_topic, payload) => received.push(payload.readUInt32BE(0)));
+    const socket = slow.stream as import('node:net').Socket;
+    socket.pause();
+
+    // 1.5 MiB: far past the stream's credit window and the sockets' buffers, under the hub's queue limit.
+    const count = 1500;
+    const payload = Buffer.alloc(1024, 1);
+    for (let i = 0; i < count; i++) {
+      payload.writeUInt32BE(i, 0);
+      app.publish('batch/x', Buffer.from(payload), { qos: 1 });
+    }
+    await sleep(1000);
+    expect(received.length).toBe(0);
+    const agentStream = [...chain.agent.devices].find((device) => device.clientId === 'slow-reader')!.stream!;
+    expect(agentStream.state).toBe('open');
+
+    socket.resume();
+    await eventually(() => received.length >= count, 10_000, `all ${count} messages (got ${received.length})`);
+    expect(received).toEqual(Array.from({ length: count }, (_, i) => i));
+    expect(slow.connected).toBe(true);
+  });
 });
