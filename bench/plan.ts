@@ -40,7 +40,7 @@ export interface Plan {
   };
   latency: { devices: number; ratePerSec: number; warmupMs: number; windowMs: number };
   memory: { devices: number; settleMs: number };
-  /** `mosquitto`: also chain to Mosquitto against Mosquitto alone (the issue's connects/s target). */
+  /** `mosquitto`: also chain to Mosquitto against Mosquitto alone (the connects/s target is through the chain to Mosquitto). */
   storm: { devices: number; mosquitto: boolean };
   wan: {
     idleDevices: number;

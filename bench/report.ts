@@ -101,7 +101,7 @@ export function report(results: Results, plan: Plan, meta: Record<string, unknow
     'Throughput ratios (ratio of medians, higher is better):',
     renderTable(ratioRows),
     '',
-    'Targets (issue 5):',
+    'Targets:',
     renderTable(targets),
   ];
   if (results.skipped.length > 0) parts.push('', 'Skipped:', ...[...new Set(results.skipped.map((n) => `  ${n.scenario}: ${n.text}`))]);
