@@ -19,8 +19,6 @@ export const HOST = '127.0.0.1';
 const START_TIMEOUT_MS = 20_000;
 const HUB_CLI = fileURLToPath(new URL('../cloud-hub/cli.js', import.meta.url));
 const AGENT_CLI = fileURLToPath(new URL('../edge-agent/cli.js', import.meta.url));
-/** The node flags the cloud-hub bin runs with (its shebang, docker-compose.yml): the bench measures the hub as shipped. */
-const HUB_NODE_FLAGS = ['--max-semi-space-size=64'];
 
 export interface BenchContext {
   registry: ProcessRegistry;
@@ -91,7 +89,7 @@ export async function startChain(ctx: BenchContext, options: ChainOptions = {}):
     );
     hubArgs.unshift('--config', config);
   }
-  const hub = ctx.registry.spawnNode('hub', HUB_CLI, hubArgs, [...HUB_NODE_FLAGS, ...ctx.hubNodeFlags]);
+  const hub = ctx.registry.spawnNode('hub', HUB_CLI, hubArgs, ctx.hubNodeFlags);
   const procs: Record<string, ManagedProcess> = { hub };
   const closeAll = async (): Promise<void> => {
     await Promise.all(Object.values(procs).map((p) => p.stop()));

@@ -1,7 +1,4 @@
-#!/usr/bin/env -S node --max-semi-space-size=64
-// A young generation of 64 MiB (V8's default is 16): the hub allocates a few
-// short-lived objects per message in its broker, and fewer scavenges gave it
-// 10-20 % more throughput (docs/performance.md).
+#!/usr/bin/env node
 import { parseArgs } from 'node:util';
 import { numberFlag, onShutdown, runCli } from '../shared/cli-support.js';
 import { readConfigFile, validateConfig } from '../shared/config-loader.js';
