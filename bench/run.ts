@@ -33,6 +33,8 @@ const HELP = `npm run bench -- [options]
   --huge         also run 100 000 devices (several generator processes, source addresses 127.0.0.x)
   --only LIST    scenarios to run, comma separated: a,b,c,d,e,f,profile (default: all; huge only with --huge)
   --reps N       repetitions per measurement (default 3)
+  --hub-flags F  node flags for every hub process, space separated
+                 (e.g. --hub-flags=--max-semi-space-size=64 to measure a tuned heap)
   --verbose      echo the output of every child process
   -h, --help`;
 
@@ -86,6 +88,7 @@ async function main(): Promise<number> {
       huge: { type: 'boolean', default: false },
       only: { type: 'string' },
       reps: { type: 'string' },
+      'hub-flags': { type: 'string' },
       verbose: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h' },
     },
@@ -144,7 +147,7 @@ async function main(): Promise<number> {
     pkiDir,
     pki,
     workDir,
-    hubNodeFlags: [],
+    hubNodeFlags: values['hub-flags']?.split(' ').filter((flag) => flag !== '') ?? [],
     agentNodeFlags: [],
     progress,
     addresses: new AddressPool(),
@@ -192,6 +195,7 @@ async function main(): Promise<number> {
     scenarios: selected,
     huge: runHuge,
     code: { start: codeAtStart, end: codeAtEnd },
+    hubNodeFlags: h.hubNodeFlags,
     machine: { cores: cpus().length, model: cpus()[0]?.model, memoryGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10, node: process.version },
   });
   process.stderr.write(`\n${table}\n`);
