@@ -1,0 +1,71 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+
+const repo = resolve(import.meta.dirname, '../..');
+const dir = mkdtempSync(join(tmpdir(), 'edgemux-cli-config-'));
+
+/** Runs a CLI to completion; a bad configuration must stop it before it listens on anything. */
+function runCli(script: string, args: string[]): { status: number | null; stderr: string; stdout: string } {
+  const result = spawnSync(process.execPath, [join(repo, script), ...args], { encoding: 'utf8', timeout: 15_000 });
+  return { status: result.status, stderr: result.stderr, stdout: result.stdout };
+}
+
+function configFile(name: string, yaml: string): string {
+  const path = join(dir, name);
+  writeFileSync(path, yaml);
+  return path;
+}
+
+describe('a bad configuration stops start-up with a message naming the key', () => {
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('edge-agent: every bad key is named with its value and what is expected', () => {
+    const config = configFile(
+      'agent.yaml',
+      ['devPki: ' + join(dir, 'pki'), 'tunnels: 99', 'listen: { port: 1883, backlog: 0 }', "hubs: ['no-port-here']", ''].join('\n'),
+    );
+    const { status, stderr, stdout } = runCli('dist/edge-agent/cli.js', ['--config', config]);
+    expect(status).toBe(2);
+    expect(stdout).toBe('');
+    expect(stderr).toContain('invalid edge-agent configuration');
+    expect(stderr).toMatch(/tunnels: .*\(got 99\)/);
+    expect(stderr).toMatch(/listen\.backlog: .*\(got 0\)/);
+    expect(stderr).toMatch(/hubs\.0: expected host:port \(got "no-port-here"\)/);
+    // A plain message for an operator, not a stack trace.
+    expect(stderr).not.toMatch(/\n\s+at /);
+  });
+
+  it('edge-agent: a flag that is not a number is named', () => {
+    const { status, stderr } = runCli('dist/edge-agent/cli.js', ['--dev-pki', join(dir, 'pki'), '--port', 'eighty']);
+    expect(status).toBe(2);
+    expect(stderr).toMatch(/listen\.port: .*\(got not a number\)/);
+  });
+
+  it('cloud-hub: a broker URL of the wrong scheme is named by its path in the routes', () => {
+    const config = configFile(
+      'hub.yaml',
+      ['devPki: ' + join(dir, 'pki'), 'routes:', "  - match: { clientId: 'sensor-*' }", "    backend: { brokers: [{ url: 'http://broker.example:1883' }] }", ''].join('\n'),
+    );
+    const { status, stderr } = runCli('dist/cloud-hub/cli.js', ['--config', config]);
+    expect(status).toBe(2);
+    expect(stderr).toContain('invalid cloud-hub configuration');
+    expect(stderr).toMatch(/routes\.0\.backend\.brokers\.0\.url: expected mqtt:\/\/host\[:port\] or mqtts:\/\/host\[:port\] \(got "http:\/\/broker\.example:1883"\)/);
+  });
+
+  it('cloud-hub: a config file that is not YAML is reported as such', () => {
+    const config = configFile('broken.yaml', 'routes: [unclosed\n');
+    const { status, stderr } = runCli('dist/cloud-hub/cli.js', ['--config', config]);
+    expect(status).toBe(2);
+    expect(stderr).toContain(`config file ${config} is not valid YAML`);
+  });
+
+  it('cloud-hub: a missing certificate file is named by its key', () => {
+    const missing = join(dir, 'nope.pem');
+    const { status, stderr } = runCli('dist/cloud-hub/cli.js', ['--ca', missing, '--cert', missing, '--key', missing]);
+    expect(status).toBe(2);
+    expect(stderr).toMatch(/tls\.\w+: cannot read .*nope\.pem \(ENOENT\)/);
+  });
+});
