@@ -2,10 +2,10 @@ import net, { type AddressInfo } from 'node:net';
 import { type CloseBody, type ControlFrame, FrameType } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
+import { SocketBatcher } from '../shared/socket-batcher.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import type { DeviceConnect } from './connect-packet.js';
 import { DeviceConnection, type DeviceHost } from './device-connection.js';
-import { SocketBatcher } from '../shared/socket-batcher.js';
 import { type HubAddress, TunnelPool } from './tunnel-pool.js';
 
 export type DeviceStream = MuxStream<DeviceConnection, Tunnel>;

@@ -4,9 +4,9 @@ import { isEdgemuxError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { MqttFramer, PacketType, packetTypeOf, PINGRESP_BYTES } from '../shared/mqtt-framing.js';
 import type { MuxStream, StreamSink } from '../shared/mux-stream.js';
+import type { SocketBatcher } from '../shared/socket-batcher.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import { admitConnect, type DeviceConnect } from './connect-packet.js';
-import type { SocketBatcher } from '../shared/socket-batcher.js';
 
 export type DeviceState = 'awaiting-connect' | 'attached' | 'draining' | 'closed';
 
