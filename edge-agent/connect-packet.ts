@@ -23,15 +23,21 @@ export type ConnectVerdict =
  * packet, so it is back at a packet boundary afterwards, and a connect storm
  * does not build a parser per device.
  */
-const sharedParser = mqttPacket.parser();
 let parsed: Packet | undefined;
 let failure: Error | undefined;
-sharedParser.on('packet', (packet: Packet) => {
-  parsed = packet;
-});
-sharedParser.on('error', (err: Error) => {
-  failure = err;
-});
+
+function newParser(): ReturnType<typeof mqttPacket.parser> {
+  const parser = mqttPacket.parser();
+  parser.on('packet', (packet: Packet) => {
+    parsed = packet;
+  });
+  parser.on('error', (err: Error) => {
+    failure = err;
+  });
+  return parser;
+}
+
+let sharedParser = newParser();
 
 /** Parses one whole CONNECT packet; throws E_MQTT_MALFORMED when mqtt-packet cannot. */
 export function parseConnect(bytes: Buffer): IConnectPacket {
@@ -41,19 +47,14 @@ export function parseConnect(bytes: Buffer): IConnectPacket {
   const packet = parsed as Packet | undefined;
   const error = failure as Error | undefined;
   if (error !== undefined || packet === undefined) {
-    // A failed parse can leave the parser mid-packet; start the next one clean.
-    resetParser();
+    // A failed parse can leave the parser mid-packet: the next CONNECT gets a fresh one.
+    sharedParser = newParser();
     throw new EdgemuxError('E_MQTT_MALFORMED', `malformed CONNECT: ${error?.message ?? 'incomplete packet'}`);
   }
   if (packet.cmd !== 'connect') {
     throw new EdgemuxError('E_MQTT_PROTOCOL', `expected CONNECT, got ${packet.cmd}`);
   }
   return packet;
-}
-
-function resetParser(): void {
-  const state = sharedParser as unknown as { _resetState?: () => void };
-  state._resetState?.();
 }
 
 /**

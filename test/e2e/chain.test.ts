@@ -189,6 +189,23 @@ describe('devices through agent, tunnel and hub to the embedded broker', () => {
     expect(good.connected).toBe(true);
   });
 
+  it('refuses CONNECTs whose body is malformed and still admits the next device', async () => {
+    // Well framed (type and remaining length agree) but unparseable inside:
+    // a protocol name cut short, and a protocol name that is not MQTT.
+    const truncated = Buffer.from([0x10, 0x02, 0x00, 0x04]);
+    const wrongName = Buffer.from([0x10, 0x0c, 0x00, 0x04, 0x58, 0x58, 0x58, 0x58, 0x04, 0x02, 0x00, 0x1e, 0x00, 0x00]);
+    for (const bytes of [truncated, wrongName]) {
+      const bad = await rawDevice(chain.devicePort);
+      bad.socket.write(bytes);
+      await bad.closed;
+      // No CONNACK 0 (accepted) for either.
+      const reply = Buffer.concat(bad.received);
+      expect(reply.length === 0 || reply[3] !== 0).toBe(true);
+    }
+    const good = await chain.device({ clientId: 'after-bad-connects' });
+    expect(good.connected).toBe(true);
+  });
+
   it('takes a burst of 20 000 QoS 1 publishes from one device into the embedded broker without harm', async () => {
     const app = await chain.app({ clientId: 'burst-watcher' });
     await app.subscribeAsync('burst/#', { qos: 1 });
