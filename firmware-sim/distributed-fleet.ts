@@ -51,9 +51,9 @@ export interface DistributedFleetEvents {
 
 type DistributedState = 'idle' | 'forking' | 'ramping' | 'running' | 'stopping' | 'stopped';
 
-/** After SIGKILL the kernel reaps at once; this only bounds a pathological wait. */
 /** Extra time allowed per device of a worker's slice for an orderly stop. */
 const STOP_MS_PER_DEVICE = 1;
+/** After SIGKILL the kernel reaps at once; this only bounds a pathological wait. */
 const KILL_WAIT_MS = 2000;
 
 function resolveSettings(options: Omit<DistributedFleetOptions, 'onProgress'>): DistributedFleetSettings {
