@@ -59,7 +59,8 @@ interface StreamState {
 }
 
 const SWEEP_INTERVAL_MS = 1000;
-const DEFAULT_DEVICE_BACKLOG = 4096;
+/** Connections the kernel queues on the device port (capped by net.core.somaxconn). */
+export const DEFAULT_DEVICE_BACKLOG = 4096;
 /** The agent's replay memory per stream stays bounded whatever window the hub grants. */
 const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 

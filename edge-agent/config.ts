@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
+import { DEFAULT_DEVICE_BACKLOG } from './agent.js';
 
 const port = z.number().int().min(0).max(65535);
 const hostPort = z.string().regex(/^.+:\d{1,5}$/, 'expected host:port');
@@ -11,8 +12,8 @@ export const agentConfigSchema = z.strictObject({
     .strictObject({
       host: z.string().default('0.0.0.0'),
       port: port.default(1883),
-      /** Connections the kernel queues before the agent accepts them (capped by net.core.somaxconn): a storm of devices overflows a short queue into SYN retransmits of 1 s and more. */
-      backlog: z.number().int().min(1).max(65535).default(4096),
+      /** A storm of devices overflows a short accept queue into SYN retransmits of 1 s and more. */
+      backlog: z.number().int().min(1).max(65535).default(DEFAULT_DEVICE_BACKLOG),
     })
     .prefault({}),
   hubs: z.array(hostPort).min(1, 'name at least one hub as host:port').default(['127.0.0.1:8883']),
