@@ -7,8 +7,8 @@
 import { guarded, type Harness, Loadgen } from './harness.js';
 import type { Plan } from './plan.js';
 import { type ManagedProcess, rssKiB, sleep } from './procs.js';
-import type { Variant } from './scenario-throughput.js';
-import { HOST, NotAvailableError, type System, startAedes, startChain, startChainToMosquitto, startMosquittoBroker } from './systems.js';
+import { type Started, startAvailable, type Variant } from './scenario-throughput.js';
+import { HOST, type System, startAedes, startChain, startChainToMosquitto, startMosquittoBroker } from './systems.js';
 
 export const MEMORY = 'c idle memory';
 /** Full GC in every node process of the system (SIGUSR2, see preload.ts), then a pause. */
@@ -40,17 +40,10 @@ export async function memoryScenario(h: Harness, plan: Plan): Promise<void> {
     // Fresh processes every repetition, so "before" is a process that never held
     // devices. The variants run side by side: RSS does not depend on sharing the CPU.
     await guarded(h, MEMORY, `rep ${rep + 1}`, async () => {
-      const systems: { variant: string; system: System }[] = [];
+      const systems: Started[] = [];
       const fleets: Loadgen[] = [];
       try {
-        for (const v of variants) {
-          try {
-            systems.push({ variant: v.name, system: await v.start() });
-          } catch (err) {
-            if (!(err instanceof NotAvailableError)) throw err;
-            if (rep === 0) h.results.skip(MEMORY, `${v.name}: not available: ${err.message}`);
-          }
-        }
+        await startAvailable(h, MEMORY, variants, systems, rep === 0);
         await sleep(300);
         await Promise.all(systems.map(({ system }) => settle(system, plan.memory.settleMs)));
         const before = systems.map(({ system }) => readRss(system));
@@ -76,7 +69,7 @@ export async function memoryScenario(h: Harness, plan: Plan): Promise<void> {
         }
         await sleep(300);
         await Promise.all(systems.map(({ system }) => settle(system, plan.memory.settleMs)));
-        for (const [i, { variant, system }] of systems.entries()) {
+        for (const [i, { name: variant, system }] of systems.entries()) {
           const after = readRss(system);
           const perDevice: Record<string, number> = {};
           for (const role of Object.keys(before[i])) {

@@ -21,6 +21,29 @@ export interface Variant {
   start: () => Promise<System>;
 }
 
+export interface Started {
+  name: string;
+  system: System;
+}
+
+/**
+ * Starts each variant into `started` (as it goes, so the caller's cleanup
+ * stops whatever started before a failure). A variant that is not available is
+ * skipped, with a note when `noteSkip` is set.
+ */
+export async function startAvailable(h: Harness, scenario: string, variants: Variant[], started: Started[], noteSkip = true): Promise<void> {
+  for (const v of variants) {
+    try {
+      started.push({ name: v.name, system: await v.start() });
+    } catch (err) {
+      if (!(err instanceof NotAvailableError)) throw err;
+      if (!noteSkip) continue;
+      h.results.skip(scenario, `${v.name}: not available: ${err.message}`);
+      h.progress(`-- ${scenario}: ${v.name} not available: ${err.message}`);
+    }
+  }
+}
+
 export function caseName(c: TrafficCase): string {
   return `qos${c.qos} ${c.devices} dev${c.inFlight !== undefined ? ` ${c.inFlight} in flight` : ''}`;
 }
@@ -38,17 +61,9 @@ export async function alternate(
   fn: (variant: string, system: System, rep: number) => Promise<void>,
   estimateRunMs: number,
 ): Promise<void> {
-  const started: { name: string; system: System }[] = [];
+  const started: Started[] = [];
   try {
-    for (const v of variants) {
-      try {
-        started.push({ name: v.name, system: await v.start() });
-      } catch (err) {
-        if (!(err instanceof NotAvailableError)) throw err;
-        h.results.skip(scenario, `${v.name}: not available: ${err.message}`);
-        h.progress(`-- ${scenario}: ${v.name} not available: ${err.message}`);
-      }
-    }
+    await startAvailable(h, scenario, variants, started);
     for (let rep = 0; rep < reps; rep++) {
       const order = rep % 2 === 0 ? started : [...started].reverse();
       for (const { name, system } of order) {
