@@ -1,12 +1,12 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, expect, it } from 'vitest';
 import { resolveRoute } from '../../cloud-hub/main.js';
 import { CloudHub } from '../../cloud-hub/hub.js';
 import { EdgeAgent } from '../../edge-agent/agent.js';
 import { quietLogger } from '../../shared/logger.js';
 import { agentOptions, connectClient, eventually, hubOptions, removePki, testPki } from '../support/chain.js';
-import { Mosquitto } from '../support/mosquitto.js';
+import { describeWithMosquitto, Mosquitto } from '../support/mosquitto.js';
 
-describe('two hubs sharing one external broker', () => {
+describeWithMosquitto('two hubs sharing one external broker', () => {
   const cleanups: (() => Promise<unknown>)[] = [];
   afterEach(async () => {
     for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});

@@ -7,7 +7,7 @@ import type { RouteConfig } from '../../cloud-hub/config.js';
 import type { Route } from '../../cloud-hub/routes.js';
 import { quietLogger } from '../../shared/logger.js';
 import { type Chain, connectClient, eventually, removePki, startChain } from '../support/chain.js';
-import { Mosquitto } from '../support/mosquitto.js';
+import { describeWithMosquitto, Mosquitto } from '../support/mosquitto.js';
 
 function routes(...configs: Partial<RouteConfig>[]): Route[] {
   return configs.map((config, index) =>
@@ -49,7 +49,7 @@ async function connackFor(port: number, connect: mqttPacket.IConnectPacket): Pro
   }
 }
 
-describe('devices on an external Mosquitto, each with its own connection', () => {
+describeWithMosquitto('devices on an external Mosquitto, each with its own connection', () => {
   let mosquitto: Mosquitto;
   let chain: Chain;
   const opened: MqttClient[] = [];
@@ -151,7 +151,7 @@ describe('devices on an external Mosquitto, each with its own connection', () =>
   });
 });
 
-describe('Mosquitto restarts and several brokers', () => {
+describeWithMosquitto('Mosquitto restarts and several brokers', () => {
   const cleanups: (() => Promise<void>)[] = [];
   afterEach(async () => {
     for (const cleanup of cleanups.splice(0).reverse()) await cleanup();

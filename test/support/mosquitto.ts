@@ -1,8 +1,9 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, chmodSync, constants, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { delimiter, join } from 'node:path';
+import { describe } from 'vitest';
 
 export interface MosquittoOptions {
   /** user → password; when given, anonymous clients are refused. */
@@ -10,6 +11,53 @@ export interface MosquittoOptions {
   /** Keep sessions and queued messages on disk across a restart. */
   persistence?: boolean;
   extraConfig?: string[];
+}
+
+/** Debian puts the broker in /usr/sbin, which a non-root PATH leaves out. */
+const SEARCH_DIRS = [...(process.env.PATH ?? '').split(delimiter), '/usr/sbin', '/usr/local/sbin', '/sbin'];
+
+function findExecutable(name: string): string | null {
+  for (const dir of SEARCH_DIRS) {
+    if (dir === '') continue;
+    const candidate = join(dir, name);
+    try {
+      accessSync(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // not in this directory
+    }
+  }
+  return null;
+}
+
+const mosquittoBinary = findExecutable('mosquitto');
+const mosquittoPasswdBinary = findExecutable('mosquitto_passwd');
+
+/** Set by CI, where a skipped Mosquitto test would hide a broken install. */
+export const MOSQUITTO_REQUIRED = process.env.EDGEMUX_REQUIRE_MOSQUITTO === '1';
+
+export const mosquittoAvailable = mosquittoBinary !== null && mosquittoPasswdBinary !== null;
+
+let skipNoticeShown = false;
+
+/**
+ * `describe` for suites that need a real Mosquitto. Without one they are
+ * skipped with a line that says how to enable them, unless CI demands them.
+ */
+export function describeWithMosquitto(name: string, body: () => void): void {
+  if (mosquittoAvailable) {
+    describe(name, body);
+    return;
+  }
+  const missing = mosquittoBinary === null ? 'mosquitto' : 'mosquitto_passwd';
+  if (MOSQUITTO_REQUIRED) {
+    throw new Error(`EDGEMUX_REQUIRE_MOSQUITTO=1 but ${missing} was not found on PATH or in /usr/sbin`);
+  }
+  if (!skipNoticeShown) {
+    skipNoticeShown = true;
+    process.stderr.write(`skipping the Mosquitto tests: ${missing} not found (enable them with: apt-get install mosquitto mosquitto-clients)\n`);
+  }
+  describe.skip(name, body);
 }
 
 export async function freePort(): Promise<number> {
@@ -68,7 +116,7 @@ export class Mosquitto {
       const passwordFile = join(dir, 'passwd');
       writeFileSync(passwordFile, '');
       for (const [user, password] of Object.entries(options.passwords)) {
-        execFileSync('mosquitto_passwd', ['-b', passwordFile, user, password]);
+        execFileSync(mosquittoPasswdBinary ?? 'mosquitto_passwd', ['-b', passwordFile, user, password]);
       }
       chmodSync(passwordFile, 0o644);
       lines.push('allow_anonymous false', `password_file ${passwordFile}`);
@@ -112,8 +160,7 @@ export class Mosquitto {
   }
 
   private async launch(): Promise<void> {
-    const binary = existsSync('/usr/sbin/mosquitto') ? '/usr/sbin/mosquitto' : 'mosquitto';
-    const child = spawn(binary, ['-c', join(this.dir, 'mosquitto.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(mosquittoBinary ?? 'mosquitto', ['-c', join(this.dir, 'mosquitto.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
     this.child = child;
     child.stderr!.on('data', (chunk: Buffer) => {
       this.output += chunk.toString();
