@@ -274,7 +274,7 @@ describe('broker restart on the same SQLite file', () => {
       const received: string[] = [];
       const resumed = mqtt.connect(second.url, subscriberOptions);
       resumed.on('message', (_topic, payload) => received.push(payload.toString()));
-      const [connack] = (await once(resumed, 'connect')) as [{ sessionPresent: boolean }];
+      const connack = await new Promise<{ sessionPresent: boolean }>((resolve) => resumed.once('connect', resolve));
       expect(connack.sessionPresent).toBe(true);
       await waitFor(() => received.length >= 50, 10_000);
       expect(received).toEqual(Array.from({ length: 50 }, (_, i) => `m${i}`));

@@ -6,6 +6,7 @@ import { MuxStream, type StreamCarrier, type StreamSink } from '../../shared/mux
 /** An in-memory carrier that records what the stream asks of its tunnel. */
 class RecordingCarrier implements StreamCarrier {
   congested = false;
+  peerMaxFramePayload = 1024 * 1024;
   readonly data: Array<{ streamId: number; payload: Buffer }> = [];
   readonly acks: Array<{ streamId: number; consumed: number }> = [];
   readonly drainWaiters: MuxStream[] = [];
