@@ -1,5 +1,8 @@
 # syntax=docker/dockerfile:1
 
+# One image for edge-agent, cloud-hub and firmware-sim, on amd64 and arm64:
+#   docker buildx build --platform linux/amd64,linux/arm64 -t edgemux .
+
 # ---- build stage: compile TypeScript and native modules -------------------
 FROM node:20-bookworm-slim AS build
 
@@ -37,9 +40,9 @@ COPY --from=build --chown=node:node /app/package.json /app/package-lock.json ./
 COPY --from=build --chown=node:node /app/node_modules ./node_modules
 COPY --from=build --chown=node:node /app/dist ./dist
 
-# /data holds the dev PKI (named volume); owning it here makes a fresh
-# volume writable by the non-root user.
-RUN mkdir -p /data && chown node:node /data
+# Mount points of the named volumes in docker-compose.yml: owning them here
+# makes a fresh volume writable by the non-root user.
+RUN mkdir -p /data /pki /tls /hub-tls /agent-tls && chown node:node /data /pki /tls /hub-tls /agent-tls
 
 USER node
 
