@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net';
-import { effectiveKeepalive, parseConnack } from '../shared/connack.js';
+import { effectiveKeepalive, parseConnack, refusalConnack } from '../shared/connack.js';
 import { isEdgemuxError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { MqttFramer, PacketType, packetTypeOf, PINGRESP_BYTES } from '../shared/mqtt-framing.js';
@@ -218,25 +218,32 @@ export class DeviceConnection implements StreamSink {
   private onConnect(packet: Buffer): void {
     const verdict = admitConnect(packet, this.host.assignedIdPrefix);
     if (!verdict.ok) {
-      this.host.log.info({ remote: this.socket.remoteAddress, reason: verdict.reason }, 'device refused');
-      this.state = 'draining';
-      this.timerStart = Date.now();
-      this.socket.end(verdict.connack);
+      this.refuse(verdict.reason, verdict.connack);
       return;
     }
     const { connect } = verdict;
     this.clientId = connect.clientId;
     this.keepaliveMs = connect.keepaliveSeconds * 1000;
     this.protocolVersion = connect.protocolVersion;
-    this.awaitingConnack = true;
     const stream = this.host.openStream(this, connect);
     if (stream === null) {
-      this.fail('no tunnel to the hub is up');
+      // Server unavailable (MQTT 3.1.1 §3.2.2.3 code 3, MQTT 5 §3.2.2.2 0x88) rather than a bare close,
+      // so the device's library reports why and backs off instead of retrying at once.
+      this.refuse('no tunnel to the hub is up', refusalConnack(connect.protocolVersion, 'server-unavailable'));
       return;
     }
+    this.awaitingConnack = true;
     this.stream = stream;
     this.state = 'attached';
     this.timerStart = Date.now();
+  }
+
+  /** Answers the CONNECT with a refusing CONNACK and waits for the device to close (the drain timeout cuts it off). */
+  private refuse(reason: string, connack: Buffer): void {
+    this.host.log.info({ clientId: this.clientId, remote: this.socket.remoteAddress, reason }, 'device refused');
+    this.state = 'draining';
+    this.timerStart = Date.now();
+    this.socket.end(connack);
   }
 
   /** MQTT 5 §3.2.2.3.14: a Server Keep Alive in the CONNACK replaces the device's own keepalive. */
