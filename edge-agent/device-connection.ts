@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net';
-import { effectiveKeepalive, parseConnack, refusalConnack } from '../shared/connack.js';
+import { effectiveKeepalive, parseConnack, refusalConnack, withAssignedClientId } from '../shared/connack.js';
 import { isEdgemuxError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { MqttFramer, PacketType, packetTypeOf, PINGRESP_BYTES } from '../shared/mqtt-framing.js';
@@ -60,6 +60,8 @@ export class DeviceConnection implements StreamSink {
   stream: MuxStream<DeviceConnection, Tunnel> | null = null;
   private keepaliveMs = 0;
   private protocolVersion = 4;
+  /** The agent named this device (it sent an empty client ID), so the device learns its name from the CONNACK. */
+  private clientIdAssigned = false;
   /** The next bytes from the hub are the broker's CONNACK. */
   private awaitingConnack = false;
   /**
@@ -111,15 +113,17 @@ export class DeviceConnection implements StreamSink {
       this.stream?.consume(payload.length);
       return;
     }
-    if (this.awaitingConnack) this.onConnack(payload);
+    // Credit counts the bytes the hub sent, whatever the agent made of them.
+    const received = payload.length;
+    if (this.awaitingConnack) payload = this.onConnack(payload);
     // While earlier bytes wait for 'drain', later ones wait behind them: credit
     // is returned in stream order, on payload boundaries.
     if (this.host.batcher.write(this.socket, payload) && this.unflushedBytes === 0) {
-      this.stream?.consume(payload.length);
+      this.stream?.consume(received);
     } else {
       // The device is not reading: hold the credit back so the hub stops sending.
       if (this.unflushedBytes === 0) this.socket.once('drain', onDeviceDrain);
-      this.unflushedBytes += payload.length;
+      this.unflushedBytes += received;
     }
   }
 
@@ -225,6 +229,7 @@ export class DeviceConnection implements StreamSink {
     this.clientId = connect.clientId;
     this.keepaliveMs = connect.keepaliveSeconds * 1000;
     this.protocolVersion = connect.protocolVersion;
+    this.clientIdAssigned = connect.clientIdAssigned;
     const stream = this.host.openStream(this, connect);
     if (stream === null) {
       // Server unavailable (MQTT 3.1.1 §3.2.2.3 code 3, MQTT 5 §3.2.2.2 0x88) rather than a bare close,
@@ -246,11 +251,16 @@ export class DeviceConnection implements StreamSink {
     this.socket.end(connack);
   }
 
-  /** MQTT 5 §3.2.2.3.14: a Server Keep Alive in the CONNACK replaces the device's own keepalive. */
-  private onConnack(payload: Buffer): void {
+  /**
+   * The broker's CONNACK on its way to the device. MQTT 5 §3.2.2.3.14: a
+   * Server Keep Alive replaces the device's own keepalive. MQTT 5 §3.2.2.3.7:
+   * a device the agent named learns its client ID here.
+   */
+  private onConnack(payload: Buffer): Buffer {
     this.awaitingConnack = false;
-    if (this.protocolVersion !== 5 || packetTypeOf(payload) !== PacketType.CONNACK) return;
+    if (this.protocolVersion !== 5 || packetTypeOf(payload) !== PacketType.CONNACK) return payload;
     this.keepaliveMs = effectiveKeepalive(this.keepaliveMs / 1000, parseConnack(payload, 5)) * 1000;
+    return this.clientIdAssigned ? withAssignedClientId(payload, this.clientId!) : payload;
   }
 
   /** @internal */
