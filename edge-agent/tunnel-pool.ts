@@ -226,7 +226,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
 
   private dropProbes(slot: Slot): void {
     for (const probe of slot.probes) {
-      probe.removeAllListeners('connect');
+      probe.removeAllListeners();
       probe.on('error', () => {});
       probe.destroy();
     }
@@ -330,9 +330,13 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     slot.failedDials++;
     if (slot.failedDials < DIALS_BEFORE_NEXT_HUB) return;
     slot.failedDials = 0;
-    slot.lastHubId = null;
-    // Streams waiting for the hub this slot gave up on may now go elsewhere.
-    this.emit('gave-up', slot.index);
+    // Streams waiting for the hub this slot gave up on may now go elsewhere. Only
+    // the first give-up frees them: probes fail several times a second in an
+    // outage, and each 'gave-up' walks every detached stream.
+    if (slot.lastHubId !== null) {
+      slot.lastHubId = null;
+      this.emit('gave-up', slot.index);
+    }
     slot.hubCursor = (slot.hubCursor + 1) % this.options.hubs.length;
   }
 }
