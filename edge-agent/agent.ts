@@ -31,6 +31,10 @@ export interface AgentOptions {
   resumeGraceMs: number;
   backoffInitialMs: number;
   backoffMaxMs: number;
+  /** Mean interval between TCP probes while a hub is unreachable (default DEFAULT_RECONNECT_PROBE_MS). */
+  reconnectProbeMs?: number;
+  /** Jitter source for reconnect delays, in [0, 1); injected by tests. */
+  random?: () => number;
   log: Logger;
 }
 
@@ -101,6 +105,8 @@ export class EdgeAgent implements DeviceHost {
       deadAfterMs: options.deadAfterMs,
       backoffInitialMs: options.backoffInitialMs,
       backoffMaxMs: options.backoffMaxMs,
+      probeMs: options.reconnectProbeMs,
+      random: options.random,
       log: options.log,
     });
     this.pool.on('control', (tunnel, frame) => this.onStreamControl(tunnel, frame));

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 import { DEFAULT_DEVICE_BACKLOG } from './agent.js';
+import { DEFAULT_RECONNECT_PROBE_MS } from './tunnel-pool.js';
 
 const port = z.number().int().min(0).max(65535);
 const hostPort = z.string().regex(/^.+:\d{1,5}$/, 'expected host:port');
@@ -37,6 +38,8 @@ export const agentConfigSchema = z.strictObject({
   resumeGraceMs: z.number().int().min(0).default(TUNNEL_DEFAULTS.resumeGraceMs),
   backoffInitialMs: z.number().int().min(10).default(250),
   backoffMaxMs: z.number().int().min(100).default(30_000),
+  /** While a hub is unreachable at the TCP level, how often to look again (mean; jittered ±50 %). */
+  reconnectProbeMs: z.number().int().min(20).default(DEFAULT_RECONNECT_PROBE_MS),
   /** Prometheus /metrics and /healthz; off unless a port is given. */
   metrics: z.strictObject({ host: z.string().default('127.0.0.1'), port: port }).optional(),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net';
-import { effectiveKeepalive, parseConnack } from '../shared/connack.js';
+import { effectiveKeepalive, parseConnack, refusalConnack, withAssignedClientId } from '../shared/connack.js';
 import { isEdgemuxError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { MqttFramer, PacketType, packetTypeOf, PINGRESP_BYTES } from '../shared/mqtt-framing.js';
@@ -60,6 +60,8 @@ export class DeviceConnection implements StreamSink {
   stream: MuxStream<DeviceConnection, Tunnel> | null = null;
   private keepaliveMs = 0;
   private protocolVersion = 4;
+  /** The agent named this device (it sent an empty client ID), so the device learns its name from the CONNACK. */
+  private clientIdAssigned = false;
   /** The next bytes from the hub are the broker's CONNACK. */
   private awaitingConnack = false;
   /**
@@ -111,15 +113,17 @@ export class DeviceConnection implements StreamSink {
       this.stream?.consume(payload.length);
       return;
     }
-    if (this.awaitingConnack) this.onConnack(payload);
+    // Credit counts the bytes the hub sent, whatever the agent made of them.
+    const received = payload.length;
+    if (this.awaitingConnack) payload = this.onConnack(payload);
     // While earlier bytes wait for 'drain', later ones wait behind them: credit
     // is returned in stream order, on payload boundaries.
     if (this.host.batcher.write(this.socket, payload) && this.unflushedBytes === 0) {
-      this.stream?.consume(payload.length);
+      this.stream?.consume(received);
     } else {
       // The device is not reading: hold the credit back so the hub stops sending.
       if (this.unflushedBytes === 0) this.socket.once('drain', onDeviceDrain);
-      this.unflushedBytes += payload.length;
+      this.unflushedBytes += received;
     }
   }
 
@@ -218,32 +222,45 @@ export class DeviceConnection implements StreamSink {
   private onConnect(packet: Buffer): void {
     const verdict = admitConnect(packet, this.host.assignedIdPrefix);
     if (!verdict.ok) {
-      this.host.log.info({ remote: this.socket.remoteAddress, reason: verdict.reason }, 'device refused');
-      this.state = 'draining';
-      this.timerStart = Date.now();
-      this.socket.end(verdict.connack);
+      this.refuse(verdict.reason, verdict.connack);
       return;
     }
     const { connect } = verdict;
     this.clientId = connect.clientId;
     this.keepaliveMs = connect.keepaliveSeconds * 1000;
     this.protocolVersion = connect.protocolVersion;
-    this.awaitingConnack = true;
+    this.clientIdAssigned = connect.clientIdAssigned;
     const stream = this.host.openStream(this, connect);
     if (stream === null) {
-      this.fail('no tunnel to the hub is up');
+      // Server unavailable (MQTT 3.1.1 §3.2.2.3 code 3, MQTT 5 §3.2.2.2 0x88) rather than a bare close,
+      // so the device's library reports why and backs off instead of retrying at once.
+      this.refuse('no tunnel to the hub is up', refusalConnack(connect.protocolVersion, 'server-unavailable'));
       return;
     }
+    this.awaitingConnack = true;
     this.stream = stream;
     this.state = 'attached';
     this.timerStart = Date.now();
   }
 
-  /** MQTT 5 §3.2.2.3.14: a Server Keep Alive in the CONNACK replaces the device's own keepalive. */
-  private onConnack(payload: Buffer): void {
+  /** Answers the CONNECT with a refusing CONNACK and waits for the device to close (the drain timeout cuts it off). */
+  private refuse(reason: string, connack: Buffer): void {
+    this.host.log.info({ clientId: this.clientId, remote: this.socket.remoteAddress, reason }, 'device refused');
+    this.state = 'draining';
+    this.timerStart = Date.now();
+    this.socket.end(connack);
+  }
+
+  /**
+   * The broker's CONNACK on its way to the device. MQTT 5 §3.2.2.3.14: a
+   * Server Keep Alive replaces the device's own keepalive. MQTT 5 §3.2.2.3.7:
+   * a device the agent named learns its client ID here.
+   */
+  private onConnack(payload: Buffer): Buffer {
     this.awaitingConnack = false;
-    if (this.protocolVersion !== 5 || packetTypeOf(payload) !== PacketType.CONNACK) return;
+    if (this.protocolVersion !== 5 || packetTypeOf(payload) !== PacketType.CONNACK) return payload;
     this.keepaliveMs = effectiveKeepalive(this.keepaliveMs / 1000, parseConnack(payload, 5)) * 1000;
+    return this.clientIdAssigned ? withAssignedClientId(payload, this.clientId!) : payload;
   }
 
   /** @internal */

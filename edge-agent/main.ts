@@ -28,6 +28,7 @@ export async function startAgent(config: AgentConfig, worker = 0): Promise<EdgeA
     resumeGraceMs: config.resumeGraceMs,
     backoffInitialMs: config.backoffInitialMs,
     backoffMaxMs: config.backoffMaxMs,
+    reconnectProbeMs: config.reconnectProbeMs,
     log: createLogger('edge-agent', config.logLevel).child({ worker }),
   });
 }

@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
+import net from 'node:net';
 import tls from 'node:tls';
-import { Backoff } from '../shared/backoff.js';
+import { ReconnectPolicy } from '../shared/backoff.js';
 import { type ControlFrame, FrameType, PROTOCOL_VERSION } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
 import { addTraffic, emptyTraffic, Tunnel, type TunnelTraffic } from '../shared/tunnel.js';
@@ -10,6 +11,17 @@ import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 /** The agent's replay memory per stream stays bounded whatever window the hub grants. */
 const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 const DIALS_BEFORE_NEXT_HUB = 2;
+/**
+ * A TCP connect that has not completed by then counts as the link being down.
+ * Long enough for a SYN and one retransmit (Linux sends it after 1 s) on a slow
+ * satellite or LTE link; probes overlap meanwhile, so it does not set how soon
+ * a returning link is noticed.
+ */
+const TCP_CONNECT_TIMEOUT_MS = 3000;
+/** Probes of one slot in flight at once while SYNs go unanswered: a bound on sockets, not on how often we look. */
+const MAX_PROBES_IN_FLIGHT = 16;
+/** Probes every 75–225 ms: a returning link carries a tunnel again within about 0.25 s plus the handshake. */
+export const DEFAULT_RECONNECT_PROBE_MS = 150;
 
 export interface HubAddress {
   host: string;
@@ -31,6 +43,10 @@ export interface TunnelPoolOptions {
   deadAfterMs: number;
   backoffInitialMs: number;
   backoffMaxMs: number;
+  /** Mean interval between TCP probes while a hub is unreachable. */
+  probeMs?: number;
+  /** Jitter source for reconnect delays, in [0, 1); injected by tests. */
+  random?: () => number;
   log: Logger;
 }
 
@@ -48,8 +64,13 @@ interface Slot {
   ready: boolean;
   /** Window the hub grants new streams, from its HELLO. */
   hubStreamWindow: number;
-  backoff: Backoff;
+  reconnect: ReconnectPolicy;
+  /** The next dial or probe. */
   retry: NodeJS.Timeout | null;
+  /** TCP connects under way to the slot's hub; the first to connect carries the tunnel. */
+  probes: Set<net.Socket>;
+  /** The hub has been unreachable since the last connect: further failed probes are not logged. */
+  unreachable: boolean;
   hubCursor: number;
   /** Dials to the current hub that failed in a row. */
   failedDials: number;
@@ -78,8 +99,15 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       tunnel: null,
       ready: false,
       hubStreamWindow: options.streamWindow,
-      backoff: new Backoff({ initialMs: options.backoffInitialMs, maxMs: options.backoffMaxMs }),
+      reconnect: new ReconnectPolicy({
+        initialMs: options.backoffInitialMs,
+        maxMs: options.backoffMaxMs,
+        probeMs: options.probeMs ?? DEFAULT_RECONNECT_PROBE_MS,
+        random: options.random,
+      }),
       retry: null,
+      probes: new Set(),
+      unreachable: false,
       // Every tunnel starts on the first hub: streams resume only on the hub that holds their sessions.
       hubCursor: 0,
       failedDials: 0,
@@ -155,17 +183,70 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     this.stopped = true;
     for (const slot of this.slots) {
       if (slot.retry !== null) clearTimeout(slot.retry);
+      this.dropProbes(slot);
       slot.tunnel?.close('agent shutting down');
     }
   }
 
+  /**
+   * Looks for the slot's hub with TCP probes: one now and one per probe
+   * interval after it until one connects, so a connect stuck on a silent
+   * link does not hold up the next look, and the tunnel is back within about
+   * one interval of the link.
+   */
   private dial(slot: Slot): void {
+    slot.retry = null;
+    if (this.stopped || slot.tunnel !== null) return;
+    if (slot.probes.size < MAX_PROBES_IN_FLIGHT) this.probe(slot, this.options.hubs[slot.hubCursor]);
+    if (slot.tunnel === null) slot.retry = setTimeout(() => this.dial(slot), slot.reconnect.delayMs('unreachable'));
+  }
+
+  private probe(slot: Slot, hub: HubAddress): void {
+    const socket = net.connect({ host: hub.host, port: hub.port, noDelay: true });
+    slot.probes.add(socket);
+    const timer = setTimeout(() => socket.destroy(new Error(`no TCP connection within ${TCP_CONNECT_TIMEOUT_MS} ms`)), TCP_CONNECT_TIMEOUT_MS);
+    const onError = (err: Error): void => {
+      clearTimeout(timer);
+      slot.probes.delete(socket);
+      this.onUnreachable(slot, hub, err.message);
+    };
+    socket.once('error', onError);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.off('error', onError);
+      slot.probes.delete(socket);
+      if (slot.retry !== null) clearTimeout(slot.retry);
+      slot.retry = null;
+      this.dropProbes(slot);
+      if (slot.unreachable) this.options.log.info({ tunnel: slot.index, hub: `${hub.host}:${hub.port}` }, 'hub reachable again');
+      slot.unreachable = false;
+      this.handshake(slot, hub, socket);
+    });
+  }
+
+  private dropProbes(slot: Slot): void {
+    for (const probe of slot.probes) {
+      probe.removeAllListeners();
+      probe.on('error', () => {});
+      probe.destroy();
+    }
+    slot.probes.clear();
+  }
+
+  private onUnreachable(slot: Slot, hub: HubAddress, reason: string): void {
     if (this.stopped) return;
-    const hub = this.options.hubs[slot.hubCursor];
+    if (!slot.unreachable) {
+      slot.unreachable = true;
+      this.options.log.warn({ tunnel: slot.index, hub: `${hub.host}:${hub.port}`, reason }, 'hub unreachable, probing');
+    }
+    this.countFailedDial(slot);
+  }
+
+  /** Mutual TLS and HELLO over a TCP connection a probe opened. */
+  private handshake(slot: Slot, hub: HubAddress, tcp: net.Socket): void {
     const log = this.options.log.child({ tunnel: slot.index, hub: `${hub.host}:${hub.port}` });
     const socket = tls.connect({
-      host: hub.host,
-      port: hub.port,
+      socket: tcp,
       ca: this.options.tls.ca,
       cert: this.options.tls.cert,
       key: this.options.tls.key,
@@ -173,7 +254,8 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       minVersion: 'TLSv1.3',
     });
     this.connectionsOpened++;
-    socket.setNoDelay(true);
+    // Failures of the wrapped socket reach the tunnel through the TLS socket; this only keeps them from being uncaught.
+    tcp.on('error', () => {});
     const tunnel = new Tunnel(socket, {
       maxFramePayload: this.options.maxFramePayload,
       heartbeatMs: this.options.heartbeatMs,
@@ -211,7 +293,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
         slot.lastHubId = frame.body.id;
         slot.ready = true;
         slot.hubStreamWindow = Math.min(frame.body.streamWindow, MAX_STREAM_WINDOW);
-        slot.backoff.reset();
+        slot.reconnect.reset();
         log.info({ hubId: frame.body.id }, 'tunnel up');
         this.emit('up', tunnel, slot.index);
         return;
@@ -235,22 +317,27 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       } else {
         log.warn({ reason }, 'tunnel failed to come up');
       }
-      // A tunnel that was up is redialled on the same hub, where its streams
-      // can resume; a hub that keeps refusing gives way to the next one.
-      slot.failedDials = wasReady ? 0 : slot.failedDials + 1;
-      if (slot.failedDials >= DIALS_BEFORE_NEXT_HUB) {
-        slot.failedDials = 0;
-        slot.lastHubId = null;
-        // Streams waiting for the hub this slot gave up on may now go elsewhere.
-        this.emit('gave-up', slot.index);
-        slot.hubCursor = (slot.hubCursor + 1) % this.options.hubs.length;
-      }
-      const delay = slot.backoff.nextDelayMs();
-      slot.retry = setTimeout(() => {
-        slot.retry = null;
-        this.dial(slot);
-      }, delay);
+      // A tunnel that was up is redialled on the same hub, where its streams can resume.
+      if (wasReady) slot.failedDials = 0;
+      else this.countFailedDial(slot);
+      // The hub answered TCP, so it is up: whether it dropped us or refused, back off.
+      slot.retry = setTimeout(() => this.dial(slot), slot.reconnect.delayMs('refused'));
     });
+  }
+
+  /** A hub that keeps failing, refused or out of reach, gives way to the next one. */
+  private countFailedDial(slot: Slot): void {
+    slot.failedDials++;
+    if (slot.failedDials < DIALS_BEFORE_NEXT_HUB) return;
+    slot.failedDials = 0;
+    // Streams waiting for the hub this slot gave up on may now go elsewhere. Only
+    // the first give-up frees them: probes fail several times a second in an
+    // outage, and each 'gave-up' walks every detached stream.
+    if (slot.lastHubId !== null) {
+      slot.lastHubId = null;
+      this.emit('gave-up', slot.index);
+    }
+    slot.hubCursor = (slot.hubCursor + 1) % this.options.hubs.length;
   }
 }
 

@@ -41,3 +41,59 @@ export function effectiveKeepalive(requestedSeconds: number, connack: IConnackPa
   const serverKeepAlive = connack?.properties?.serverKeepAlive;
   return typeof serverKeepAlive === 'number' ? serverKeepAlive : requestedSeconds;
 }
+
+/** MQTT 5 §3.2.2.3.7: property identifier of the Assigned Client Identifier. */
+const ASSIGNED_CLIENT_IDENTIFIER = 0x12;
+
+/**
+ * An accepting MQTT 5 CONNACK with an Assigned Client Identifier (§3.2.2.3.7)
+ * for a device whose empty client ID was filled in before the broker saw it:
+ * the broker received a named CONNECT, so only this side can tell the device
+ * its name. The broker's bytes are kept as they are and the property is
+ * appended. A refusal, a CONNACK that already assigns an identifier (the
+ * broker's choice stands) or bytes that do not parse come back unchanged.
+ */
+export function withAssignedClientId(connack: Buffer, clientId: string): Buffer {
+  if (connack.length < 2) return connack;
+  const remaining = readVarint(connack, 1);
+  const end = 1 + remaining.bytes + remaining.value;
+  const parsed = parseConnack(connack.subarray(0, end), 5);
+  if (parsed === null || parsed.reasonCode !== 0 || parsed.properties?.assignedClientIdentifier !== undefined) return connack;
+  const body = connack.subarray(1 + remaining.bytes, end);
+  // Acknowledge flags and reason code, then the properties; a CONNACK of two bytes has none.
+  const properties = body.length > 2 ? readVarint(body, 2) : { value: 0, bytes: 0 };
+  const existing = body.subarray(2 + properties.bytes, 2 + properties.bytes + properties.value);
+  const id = Buffer.from(clientId, 'utf8');
+  const added = Buffer.allocUnsafe(3 + id.length);
+  added[0] = ASSIGNED_CLIENT_IDENTIFIER;
+  added.writeUInt16BE(id.length, 1);
+  id.copy(added, 3);
+  const newBody = Buffer.concat([body.subarray(0, 2), writeVarint(existing.length + added.length), existing, added]);
+  // Whatever followed the CONNACK in the same bytes follows it still.
+  return Buffer.concat([connack.subarray(0, 1), writeVarint(newBody.length), newBody, connack.subarray(end)]);
+}
+
+/** Variable Byte Integer (MQTT 5 §1.5.5) at `offset`; stops at four bytes or the buffer's end, which parsing then refuses. */
+function readVarint(buf: Buffer, offset: number): { value: number; bytes: number } {
+  let value = 0;
+  let multiplier = 1;
+  let bytes = 0;
+  while (bytes < 4 && offset + bytes < buf.length) {
+    const byte = buf[offset + bytes++];
+    value += (byte & 0x7f) * multiplier;
+    if ((byte & 0x80) === 0) break;
+    multiplier *= 128;
+  }
+  return { value, bytes };
+}
+
+function writeVarint(value: number): Buffer {
+  const bytes: number[] = [];
+  do {
+    let byte = value % 128;
+    value = Math.floor(value / 128);
+    if (value > 0) byte |= 0x80;
+    bytes.push(byte);
+  } while (value > 0);
+  return Buffer.from(bytes);
+}

@@ -1,6 +1,6 @@
 import net from 'node:net';
 import mqttPacket from 'mqtt-packet';
-import type { IClientOptions, MqttClient } from 'mqtt';
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { resolveRoute } from '../../cloud-hub/main.js';
 import type { RouteConfig } from '../../cloud-hub/config.js';
@@ -116,6 +116,33 @@ describeWithMosquitto('devices on an external Mosquitto, each with its own conne
     const aliased = nextMessage(app, 'v5/meter');
     await device.publishAsync('', 'by alias', { qos: 1, properties: { topicAlias: 1 } });
     expect((await aliased).payload.toString()).toBe('by alias');
+  });
+
+  it('tells an MQTT 5 device with an empty client ID the ID the agent gave it, beside Mosquitto’s own properties', async () => {
+    // What Mosquitto alone answers a named MQTT 5 device: the chain may add only the identifier to it.
+    const reference = await connackFor(mosquitto.port, {
+      cmd: 'connect',
+      clientId: 'reference-v5',
+      username: 'alice',
+      password: Buffer.from('secret'),
+      protocolVersion: 5,
+      clean: true,
+      keepalive: 30,
+    });
+    const device = mqtt.connect({ host: '127.0.0.1', port: chain.devicePort, clientId: '', username: 'alice', password: 'secret', protocolVersion: 5, reconnectPeriod: 0 });
+    const connack = await new Promise<mqttPacket.IConnackPacket>((resolve, reject) => {
+      device.once('connect', resolve);
+      device.once('error', reject);
+    });
+    opened.push(device);
+    const assigned = connack.properties?.assignedClientIdentifier;
+    expect(assigned).toMatch(/^emx-agent-1-[0-9a-f]{16}$/);
+    expect(connack.properties).toEqual({ ...reference.properties, assignedClientIdentifier: assigned });
+
+    // The name is the one Mosquitto knows the device by: taking it over closes the device.
+    const closed = new Promise<void>((resolve) => device.once('close', () => resolve()));
+    await direct({ clientId: assigned, username: 'alice', password: 'secret' });
+    await closed;
   });
 
   it('gives a device the broker’s own refusal for bad credentials, in 3.1.1 and 5.0', async () => {
