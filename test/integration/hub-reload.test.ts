@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { certificateFingerprint, ensureDevPki, issueCertificate } from '../../shared/pki.js';
 import { connectClient } from '../support/chain.js';
 import { CliProcess } from '../support/cli-process.js';
-import { freePort } from '../support/mosquitto.js';
+import { freePort, Mosquitto } from '../support/mosquitto.js';
 
 describe('cloud-hub on SIGHUP', () => {
   const dir = mkdtempSync(join(tmpdir(), 'edgemux-hub-reload-'));
@@ -151,5 +151,31 @@ describe('cloud-hub on SIGHUP', () => {
     expect(served).toBe(certificateFingerprint(rotated.certPem));
     await kept.publishAsync('reload/after-rotation', 'x', { qos: 1 });
     expect(agent.logged('tunnel down')).toHaveLength(0);
+  });
+
+  it('sends new devices along a new route while a device connected before stays on its broker', async () => {
+    const mosquitto = await Mosquitto.start();
+    try {
+      const embeddedApp = await connectClient(appPort, { clientId: 'route-embedded-app' });
+      clients.push(embeddedApp);
+      const mosquittoApp = await connectClient(mosquitto.port, { clientId: 'route-mosquitto-app' });
+      clients.push(mosquittoApp);
+      const seen: string[] = [];
+      await embeddedApp.subscribeAsync('route/#', { qos: 1 });
+      embeddedApp.on('message', (_topic, payload) => seen.push(`embedded ${payload.toString()}`));
+      await mosquittoApp.subscribeAsync('route/#', { qos: 1 });
+      mosquittoApp.on('message', (_topic, payload) => seen.push(`mosquitto ${payload.toString()}`));
+      const before = await device('keep-route-1');
+
+      writeHubConfig(['keep-*'], ['routes:', `  - { match: { clientId: 'keep-route-*' }, backend: { brokers: [{ url: 'mqtt://127.0.0.1:${mosquitto.port}' }] } }`]);
+      const reloaded = await reloadHub('configuration reloaded');
+      expect(reloaded.changed).toEqual(['routes']);
+      const after = await device('keep-route-2');
+      await before.publishAsync('route/t', 'from before', { qos: 1 });
+      await after.publishAsync('route/t', 'from after', { qos: 1 });
+      await expect.poll(() => seen.sort()).toEqual(['embedded from before', 'mosquitto from after']);
+    } finally {
+      await mosquitto.remove();
+    }
   });
 });
