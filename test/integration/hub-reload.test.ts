@@ -169,7 +169,7 @@ describe('cloud-hub on SIGHUP', () => {
 
       writeHubConfig(['keep-*'], ['routes:', `  - { match: { clientId: 'keep-route-*' }, backend: { brokers: [{ url: 'mqtt://127.0.0.1:${mosquitto.port}' }] } }`]);
       const reloaded = await reloadHub('configuration reloaded');
-      expect(reloaded.changed).toEqual(['routes']);
+      expect(reloaded.changed).toContain('routes');
       const after = await device('keep-route-2');
       await before.publishAsync('route/t', 'from before', { qos: 1 });
       await after.publishAsync('route/t', 'from after', { qos: 1 });
