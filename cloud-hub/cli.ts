@@ -2,10 +2,13 @@
 import { parseArgs } from 'node:util';
 import { numberFlag, onShutdown, runCli } from '../shared/cli-support.js';
 import { readConfigFile, validateConfig } from '../shared/config-loader.js';
-import { hubConfigSchema } from './config.js';
+import { createLogger } from '../shared/logger.js';
+import { ReloadOnSignal } from '../shared/reload.js';
+import { type HubConfig, hubConfigSchema } from './config.js';
 import { startMetricsServer } from '../shared/metrics-server.js';
 import { hubMetrics } from './hub-metrics.js';
 import { startHub } from './main.js';
+import { reloadHub, runningHub } from './reload.js';
 
 const HELP = `cloud-hub: takes agent tunnels apart into device sessions on a broker
 
@@ -22,9 +25,13 @@ Usage: cloud-hub [options]
                        queues across restarts, and the agent/device registry (default: in memory)
   --metrics-port PORT  serve Prometheus /metrics and /healthz on 127.0.0.1:PORT (--metrics-host to change)
   --log-level LEVEL    fatal|error|warn|info|debug|trace|silent (default info)
-  -h, --help`;
+  -h, --help
+
+SIGHUP reloads the config file (flags still override it): routes, namespaces,
+log level and TLS material take effect for new sessions and tunnels.`;
 
 runCli(async () => {
+  const reloads = new ReloadOnSignal();
   const { values } = parseArgs({
     options: {
       config: { type: 'string' },
@@ -49,29 +56,38 @@ runCli(async () => {
     process.stdout.write(`${HELP}\n`);
     return;
   }
-  const fromFile = values.config ? readConfigFile(values.config) : {};
-  const tlsFlags = values.ca || values.cert || values.key ? { tls: { ca: values.ca, cert: values.cert, key: values.key } } : {};
-  const config = validateConfig(
-    hubConfigSchema,
-    [
-      fromFile,
-      {
-        hubId: values['hub-id'],
-        tunnel: { host: values['tunnel-host'], port: numberFlag(values['tunnel-port']) },
-        app: { host: values['app-host'], port: numberFlag(values['app-port']) },
-        ...tlsFlags,
-        devPki: values['dev-pki'],
-        statePath: values.state,
-        ...(values['metrics-port'] !== undefined ? { metrics: { host: values['metrics-host'], port: numberFlag(values['metrics-port']) } } : {}),
-        logLevel: values['log-level'],
-      },
-    ],
-    'cloud-hub',
-  );
-  const hub = await startHub(config);
+  // The file is read again on every reload; flags keep overriding it.
+  const loadConfig = (): HubConfig => {
+    const fromFile = values.config ? readConfigFile(values.config) : {};
+    const tlsFlags = values.ca || values.cert || values.key ? { tls: { ca: values.ca, cert: values.cert, key: values.key } } : {};
+    return validateConfig(
+      hubConfigSchema,
+      [
+        fromFile,
+        {
+          hubId: values['hub-id'],
+          tunnel: { host: values['tunnel-host'], port: numberFlag(values['tunnel-port']) },
+          app: { host: values['app-host'], port: numberFlag(values['app-port']) },
+          ...tlsFlags,
+          devPki: values['dev-pki'],
+          statePath: values.state,
+          ...(values['metrics-port'] !== undefined ? { metrics: { host: values['metrics-host'], port: numberFlag(values['metrics-port']) } } : {}),
+          logLevel: values['log-level'],
+        },
+      ],
+      'cloud-hub',
+    );
+  };
+  const config = loadConfig();
+  const log = createLogger('cloud-hub', config.logLevel);
+  const hub = await startHub(config, log);
   const metrics = config.metrics
     ? await startMetricsServer({ ...config.metrics, registry: hubMetrics(hub), health: () => ({ healthy: true, ...hub.stats() }) })
     : null;
+  let running = await runningHub(config);
+  reloads.use(async () => {
+    running = await reloadHub(hub, running, loadConfig(), log);
+  }, log);
   onShutdown(async () => {
     await metrics?.close();
     await hub.close();

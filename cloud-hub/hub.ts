@@ -68,6 +68,10 @@ const RETIRED_INSTANCES_KEPT = 8;
 /** An agent may ask for a large window, but the hub's replay memory per stream stays bounded. */
 const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 
+function tunnelContext(material: HubOptions['tls']): tls.SecureContextOptions {
+  return { ca: material.ca, cert: material.cert, key: material.key, minVersion: 'TLSv1.3' };
+}
+
 function capWindow(window: number): number {
   return Math.min(window, MAX_STREAM_WINDOW);
 }
@@ -79,8 +83,8 @@ function capWindow(window: number): number {
 export class CloudHub {
   readonly broker: Aedes;
   readonly sessions = new Set<DeviceSession>();
-  private readonly router: Router;
-  private readonly namespaces: Namespaces;
+  private router: Router;
+  private namespaces: Namespaces;
   private droppedQos0OfClosedSessions = 0;
   private readonly sessionsByClientId = new Map<string, DeviceSession>();
   private readonly reportedTraffic = new WeakMap<DeviceSession, DeviceSession['traffic']>();
@@ -110,14 +114,7 @@ export class CloudHub {
     const persistence = options.statePath !== undefined ? new SqlitePersistence({ path: options.statePath }) : undefined;
     const embedded = await startEmbeddedBroker({ appHost: options.appHost, appPort: options.appPort, persistence });
     const registry = persistence !== undefined ? new Registry(persistence.db) : null;
-    const tunnelServer = tls.createServer({
-      ca: options.tls.ca,
-      cert: options.tls.cert,
-      key: options.tls.key,
-      requestCert: true,
-      rejectUnauthorized: true,
-      minVersion: 'TLSv1.3',
-    });
+    const tunnelServer = tls.createServer({ ...tunnelContext(options.tls), requestCert: true, rejectUnauthorized: true });
     await new Promise<void>((resolve, reject) => {
       tunnelServer.once('error', reject);
       tunnelServer.listen(options.tunnelPort, options.tunnelHost, () => {
@@ -152,6 +149,28 @@ export class CloudHub {
     const agents = new Set<string>();
     for (const record of this.agents.values()) if (record.tunnels.size > 0) agents.add(record.agentId);
     return { agents: agents.size, tunnels: this.tunnels.size, sessions: this.sessions.size, detached, queuedBytes, replayBytes, droppedQos0 };
+  }
+
+  /**
+   * Routes for devices that connect from now on. A session keeps the broker
+   * connection it has: a route's group is only consulted when a session opens,
+   * and its links hold their own sockets, so the old groups can stop their
+   * health checks at once without touching a connected device.
+   */
+  replaceRoutes(routes: Route[]): void {
+    const old = this.router;
+    this.router = new Router(routes);
+    old.close();
+  }
+
+  /** Namespace rules for devices that connect from now on; connected devices were checked on their CONNECT and stay. */
+  replaceNamespaces(rules: NamespaceRule[]): void {
+    this.namespaces = new Namespaces(rules);
+  }
+
+  /** Certificate, key and agent CA for tunnels that connect from now on; tunnels already up keep their session. */
+  replaceTls(material: HubOptions['tls']): void {
+    this.tunnelServer.setSecureContext(tunnelContext(material));
   }
 
   async close(): Promise<void> {

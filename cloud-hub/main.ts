@@ -8,11 +8,8 @@ import { CloudHub } from './hub.js';
 import type { Route } from './routes.js';
 
 /** Starts a hub from validated configuration. */
-export async function startHub(config: HubConfig): Promise<CloudHub> {
-  const tls = config.tls
-    ? { ca: readPem(config.tls.ca, 'tls.ca'), cert: readPem(config.tls.cert, 'tls.cert'), key: readPem(config.tls.key, 'tls.key') }
-    : await devPkiMaterial(config.devPki!);
-  const log = createLogger('cloud-hub', config.logLevel);
+export async function startHub(config: HubConfig, log: Logger = createLogger('cloud-hub', config.logLevel)): Promise<CloudHub> {
+  const tls = await hubTlsMaterial(config);
   return CloudHub.start({
     hubId: config.hubId,
     tunnelHost: config.tunnel.host,
@@ -31,6 +28,13 @@ export async function startHub(config: HubConfig): Promise<CloudHub> {
     routes: config.routes.map((route, index) => resolveRoute(route, index, log)),
     log,
   });
+}
+
+/** The hub's certificate, key and agent CA, read from the files `tls` names or from the development PKI. */
+export async function hubTlsMaterial(config: HubConfig): Promise<{ ca: string; cert: string; key: string }> {
+  return config.tls
+    ? { ca: readPem(config.tls.ca, 'tls.ca'), cert: readPem(config.tls.cert, 'tls.cert'), key: readPem(config.tls.key, 'tls.key') }
+    : await devPkiMaterial(config.devPki!);
 }
 
 async function devPkiMaterial(dir: string): Promise<{ ca: string; cert: string; key: string }> {

@@ -2,13 +2,15 @@
 import { parseArgs } from 'node:util';
 import { numberFlag, onShutdown, runCli } from '../shared/cli-support.js';
 import { readConfigFile, validateConfig } from '../shared/config-loader.js';
-import { agentConfigSchema } from './config.js';
+import { type AgentConfig, agentConfigSchema } from './config.js';
 import { createLogger } from '../shared/logger.js';
+import { ReloadOnSignal } from '../shared/reload.js';
 import { ensureDevPki } from '../shared/pki.js';
 import { startMetricsServer } from '../shared/metrics-server.js';
 import { agentMetrics } from './agent-metrics.js';
 import { startAgent } from './main.js';
-import { superviseWorkers, workerIndex } from './workers.js';
+import { reloadAgent, runningAgent } from './reload.js';
+import { onReloadFromPrimary, superviseWorkers, workerIndex } from './workers.js';
 
 const HELP = `edge-agent: carries local MQTT devices over multiplexed TLS tunnels to a cloud hub
 
@@ -26,9 +28,14 @@ Usage: edge-agent [options]
   --metrics-port PORT  serve Prometheus /metrics and /healthz on 127.0.0.1:PORT (--metrics-host to change);
                        with --workers, each scrape is answered by one worker (label worker)
   --log-level LEVEL    fatal|error|warn|info|debug|trace|silent (default info)
-  -h, --help`;
+  -h, --help
+
+SIGHUP reloads the config file (flags still override it): log level, TLS
+material and hubs take effect for tunnels dialled from then on; with --workers
+the primary passes the reload on to every worker.`;
 
 runCli(async () => {
+  const reloads = new ReloadOnSignal();
   const { values } = parseArgs({
     options: {
       config: { type: 'string' },
@@ -54,36 +61,46 @@ runCli(async () => {
     process.stdout.write(`${HELP}\n`);
     return;
   }
-  const fromFile = values.config ? readConfigFile(values.config) : {};
-  const tlsFlags =
-    values.ca || values.cert || values.key
-      ? { tls: { ca: values.ca, cert: values.cert, key: values.key, serverName: values['server-name'] } }
-      : {};
-  const config = validateConfig(
-    agentConfigSchema,
-    [
-      fromFile,
-      {
-        agentId: values['agent-id'],
-        listen: { host: values.host, port: numberFlag(values.port) },
-        hubs: values.hub,
-        tunnels: numberFlag(values.tunnels),
-        workers: numberFlag(values.workers),
-        ...tlsFlags,
-        devPki: values['dev-pki'],
-        ...(values['metrics-port'] !== undefined ? { metrics: { host: values['metrics-host'], port: numberFlag(values['metrics-port']) } } : {}),
-        logLevel: values['log-level'],
-      },
-    ],
-    'edge-agent',
-  );
+  // The file is read again on every reload; flags keep overriding it.
+  const loadConfig = (): AgentConfig => {
+    const fromFile = values.config ? readConfigFile(values.config) : {};
+    const tlsFlags =
+      values.ca || values.cert || values.key
+        ? { tls: { ca: values.ca, cert: values.cert, key: values.key, serverName: values['server-name'] } }
+        : {};
+    return validateConfig(
+      agentConfigSchema,
+      [
+        fromFile,
+        {
+          agentId: values['agent-id'],
+          listen: { host: values.host, port: numberFlag(values.port) },
+          hubs: values.hub,
+          tunnels: numberFlag(values.tunnels),
+          workers: numberFlag(values.workers),
+          ...tlsFlags,
+          devPki: values['dev-pki'],
+          ...(values['metrics-port'] !== undefined ? { metrics: { host: values['metrics-host'], port: numberFlag(values['metrics-port']) } } : {}),
+          logLevel: values['log-level'],
+        },
+      ],
+      'edge-agent',
+    );
+  };
+  const config = loadConfig();
   const worker = workerIndex();
   if (worker === null && config.workers > 1) {
     if (config.devPki !== undefined) await ensureDevPki(config.devPki, { agentIds: [config.agentId] });
-    superviseWorkers(config.workers, createLogger('edge-agent', config.logLevel));
+    const log = createLogger('edge-agent', config.logLevel);
+    const supervisor = superviseWorkers(config.workers, log);
+    reloads.use(async () => {
+      log.info({ workers: supervisor.reloadWorkers() }, 'reload passed on to the workers');
+    }, log);
     return;
   }
-  const agent = await startAgent(config, worker ?? 0);
+  if (worker !== null) onReloadFromPrimary(() => reloads.request());
+  const log = createLogger('edge-agent', config.logLevel).child({ worker: worker ?? 0 });
+  const agent = await startAgent(config, worker ?? 0, log);
   const registry = agentMetrics(agent);
   registry.setDefaultLabels({ worker: String(worker ?? 0) });
   const metrics = config.metrics
@@ -93,6 +110,10 @@ runCli(async () => {
         health: () => ({ healthy: agent.pool.readyCount > 0, ...agent.stats() }),
       })
     : null;
+  let running = await runningAgent(config);
+  reloads.use(async () => {
+    running = await reloadAgent(agent, running, loadConfig(), log);
+  }, log);
   onShutdown(async () => {
     await metrics?.close();
     await agent.close();

@@ -1,22 +1,25 @@
 import { readPem } from '../shared/cli-support.js';
 import { parseHostPort } from '../shared/config-loader.js';
-import { createLogger } from '../shared/logger.js';
+import { createLogger, type Logger } from '../shared/logger.js';
 import { ensureDevPki } from '../shared/pki.js';
 import { EdgeAgent } from './agent.js';
 import type { AgentConfig } from './config.js';
+import type { HubAddress } from './tunnel-pool.js';
 
 /** Starts an agent from validated configuration. */
-export async function startAgent(config: AgentConfig, worker = 0): Promise<EdgeAgent> {
-  const tls = config.tls
-    ? { ca: readPem(config.tls.ca, 'tls.ca'), cert: readPem(config.tls.cert, 'tls.cert'), key: readPem(config.tls.key, 'tls.key') }
-    : await devPkiMaterial(config.devPki!, config.agentId);
+export async function startAgent(
+  config: AgentConfig,
+  worker = 0,
+  log: Logger = createLogger('edge-agent', config.logLevel).child({ worker }),
+): Promise<EdgeAgent> {
+  const tls = await agentTlsMaterial(config);
   return EdgeAgent.start({
     agentId: config.agentId,
     worker,
     deviceHost: config.listen.host,
     devicePort: config.listen.port,
     deviceBacklog: config.listen.backlog,
-    hubs: config.hubs.map((hub, index) => parseHostPort(hub, `hubs[${index}]`)),
+    hubs: hubAddresses(config),
     tunnels: config.tunnels,
     tls,
     serverName: config.tls?.serverName,
@@ -29,8 +32,19 @@ export async function startAgent(config: AgentConfig, worker = 0): Promise<EdgeA
     backoffInitialMs: config.backoffInitialMs,
     backoffMaxMs: config.backoffMaxMs,
     reconnectProbeMs: config.reconnectProbeMs,
-    log: createLogger('edge-agent', config.logLevel).child({ worker }),
+    log,
   });
+}
+
+export function hubAddresses(config: AgentConfig): HubAddress[] {
+  return config.hubs.map((hub, index) => parseHostPort(hub, `hubs[${index}]`));
+}
+
+/** This agent's certificate, key and the hub CA, read from the files `tls` names or from the development PKI. */
+export async function agentTlsMaterial(config: AgentConfig): Promise<{ ca: string; cert: string; key: string }> {
+  return config.tls
+    ? { ca: readPem(config.tls.ca, 'tls.ca'), cert: readPem(config.tls.cert, 'tls.cert'), key: readPem(config.tls.key, 'tls.key') }
+    : await devPkiMaterial(config.devPki!, config.agentId);
 }
 
 async function devPkiMaterial(dir: string, agentId: string): Promise<{ ca: string; cert: string; key: string }> {

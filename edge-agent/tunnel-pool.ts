@@ -92,7 +92,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
   /** Identifies this process to the hub, so it can tell a reconnect from a restart. */
   readonly instance = randomUUID();
 
-  constructor(private readonly options: TunnelPoolOptions) {
+  constructor(private options: TunnelPoolOptions) {
     super();
     this.slots = Array.from({ length: options.tunnels }, (_, index) => ({
       index,
@@ -177,6 +177,25 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     const totals = { ...this.closedTraffic };
     for (const slot of this.slots) if (slot.tunnel !== null) addTraffic(totals, slot.tunnel.traffic);
     return totals;
+  }
+
+  /** Certificate, key, hub CA and server name for tunnels dialled from now on; tunnels up keep theirs. */
+  useTls(material: TunnelPoolOptions['tls'], serverName: string | undefined): void {
+    this.options = { ...this.options, tls: material, serverName };
+  }
+
+  /**
+   * Hubs for dials from now on. Tunnels up stay where they are, since their
+   * streams' sessions live on that hub; a slot keeps dialling its hub while it
+   * is still listed and starts over at the first hub otherwise.
+   */
+  useHubs(hubs: HubAddress[]): void {
+    const old = this.options.hubs;
+    this.options = { ...this.options, hubs };
+    for (const slot of this.slots) {
+      const current = old[slot.hubCursor];
+      slot.hubCursor = Math.max(0, hubs.findIndex((hub) => hub.host === current.host && hub.port === current.port));
+    }
   }
 
   stop(): void {

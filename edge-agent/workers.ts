@@ -8,6 +8,25 @@ export const WORKER_INDEX_ENV = 'EDGEMUX_AGENT_WORKER';
 const RESTART_DELAY_MS = 1000;
 const RESTART_BUDGET = 10;
 
+/**
+ * The primary passes a reload on as an IPC message rather than a signal: a
+ * worker still loading its modules has no SIGHUP handler yet and would die
+ * of the signal, while a message it cannot hear yet is only lost.
+ */
+const RELOAD_MESSAGE = 'edgemux:reload';
+
+/** In a worker, calls `request` whenever the primary passes a reload on. */
+export function onReloadFromPrimary(request: () => void): void {
+  process.on('message', (message) => {
+    if (message === RELOAD_MESSAGE) request();
+  });
+}
+
+export interface WorkerSupervisor {
+  /** Asks every running worker to reload its configuration; returns how many were asked. */
+  reloadWorkers(): number;
+}
+
 export function workerIndex(): number | null {
   const value = process.env[WORKER_INDEX_ENV];
   return cluster.isWorker && value !== undefined ? Number(value) : null;
@@ -19,7 +38,7 @@ export function workerIndex(): number | null {
  * more devices than one process' descriptor limit. Each worker keeps its own
  * tunnels and streams; the hub tells them apart by worker index.
  */
-export function superviseWorkers(count: number, log: Logger): void {
+export function superviseWorkers(count: number, log: Logger): WorkerSupervisor {
   const deaths: number[] = [];
   let stopping = false;
   const fork = (index: number): Worker => {
@@ -56,4 +75,11 @@ export function superviseWorkers(count: number, log: Logger): void {
   log.info({ workers: count }, 'agent workers started');
   process.on('SIGINT', () => stopAll(0));
   process.on('SIGTERM', () => stopAll(0));
+  return {
+    reloadWorkers: () => {
+      const workers = Object.values(cluster.workers ?? {}).filter((worker): worker is Worker => worker !== undefined && worker.isConnected());
+      for (const worker of workers) worker.send(RELOAD_MESSAGE);
+      return workers.length;
+    },
+  };
 }

@@ -3,7 +3,7 @@ import { accessSync, chmodSync, constants, mkdtempSync, rmSync, writeFileSync } 
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
-import { describe } from 'vitest';
+import { describe, it } from 'vitest';
 
 export interface MosquittoOptions {
   /** user → password; when given, anonymous clients are refused. */
@@ -40,15 +40,9 @@ export const mosquittoAvailable = mosquittoBinary !== null && mosquittoPasswdBin
 
 let skipNoticeShown = false;
 
-/**
- * `describe` for suites that need a real Mosquitto. Without one they are
- * skipped with a line that says how to enable them, unless CI demands them.
- */
-export function describeWithMosquitto(name: string, body: () => void): void {
-  if (mosquittoAvailable) {
-    describe(name, body);
-    return;
-  }
+/** True when Mosquitto tests may run; otherwise says once how to enable them, or fails where CI demands them. */
+function mosquittoReady(): boolean {
+  if (mosquittoAvailable) return true;
   const missing = mosquittoBinary === null ? 'mosquitto' : 'mosquitto_passwd';
   if (MOSQUITTO_REQUIRED) {
     throw new Error(`EDGEMUX_REQUIRE_MOSQUITTO=1 but ${missing} was not found on PATH or in /usr/sbin`);
@@ -57,7 +51,19 @@ export function describeWithMosquitto(name: string, body: () => void): void {
     skipNoticeShown = true;
     process.stderr.write(`skipping the Mosquitto tests: ${missing} not found (enable them with: apt-get install mosquitto mosquitto-clients)\n`);
   }
-  describe.skip(name, body);
+  return false;
+}
+
+/** `describe` for suites that need a real Mosquitto: skipped with a how-to line when it is absent. */
+export function describeWithMosquitto(name: string, body: () => void): void {
+  if (mosquittoReady()) describe(name, body);
+  else describe.skip(name, body);
+}
+
+/** `it` for a single test that needs a real Mosquitto inside a suite that does not. */
+export function itWithMosquitto(name: string, body: () => Promise<void>, timeoutMs?: number): void {
+  if (mosquittoReady()) it(name, body, timeoutMs);
+  else it.skip(name, body, timeoutMs);
 }
 
 export async function freePort(): Promise<number> {
