@@ -104,6 +104,16 @@ export class CloudHub {
     });
     this.sweep = setInterval(() => this.sweepSessions(), SWEEP_INTERVAL_MS);
     this.sweep.unref();
+    // The registry keeps what it could not write and retries: one line when the
+    // disk goes away and one when it is back, the count of failures in metrics.
+    registry?.on('flushFailed', (err, failures) => {
+      const fields = { reason: (err.cause as { code?: string } | undefined)?.code ?? err.message, pendingRows: registry.stats.pendingRows };
+      if (failures === 1) options.log.error(fields, 'registry flush failed; keeping its changes and retrying');
+      else options.log.debug({ ...fields, failures }, 'registry flush failed again');
+    });
+    registry?.on('flushRecovered', (failures) => {
+      options.log.info({ failures, pendingRows: registry.stats.pendingRows }, 'registry flush succeeded again');
+    });
   }
 
   static async start(options: HubOptions): Promise<CloudHub> {
@@ -162,7 +172,12 @@ export class CloudHub {
     });
     for (const session of [...this.sessions]) session.expire();
     this.reportTraffic();
-    this.registry?.close();
+    try {
+      this.registry?.close();
+    } catch (err) {
+      // The broker's own state is written next, whatever happened to the registry's.
+      this.options.log.error({ reason: (err as { code?: string }).code ?? (err as Error).message }, 'registry not written at stop');
+    }
     this.router.close();
     await this.embedded.close();
   }
