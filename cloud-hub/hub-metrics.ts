@@ -27,6 +27,7 @@ export function hubMetrics(hub: CloudHub): Registry {
   gauge('edgemux_hub_sessions_detached', 'Device sessions waiting for their stream to resume', () => hub.stats().detached);
   gauge('edgemux_hub_queued_bytes', 'Broker output waiting for device stream credit', () => hub.stats().queuedBytes);
   gauge('edgemux_hub_replay_bytes', 'Bytes held for replay to agents', () => hub.stats().replayBytes);
+  gauge('edgemux_hub_broker_held_bytes', 'Device bytes waiting for a broker connection that is dialling or congested', () => hub.stats().brokerHeldBytes);
   gauge('edgemux_hub_registry_pending_rows', 'Agents and devices whose registry changes are not yet written', () => hub.registry?.stats.pendingRows ?? 0);
   total('edgemux_hub_registry_flush_failures_total', 'Registry flushes that failed and were retried', () => hub.registry?.stats.flushFailures ?? 0);
   total('edgemux_hub_registry_dropped_changes_total', 'Registry changes dropped because too many were pending', () => hub.registry?.stats.droppedChanges ?? 0);

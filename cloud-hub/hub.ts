@@ -49,6 +49,8 @@ export interface HubStats {
   detached: number;
   queuedBytes: number;
   replayBytes: number;
+  /** Device bytes the broker links hold: dialling, or waiting for a congested broker. */
+  brokerHeldBytes: number;
   droppedQos0: number;
 }
 
@@ -152,16 +154,18 @@ export class CloudHub {
     let detached = 0;
     let queuedBytes = 0;
     let replayBytes = 0;
+    let brokerHeldBytes = 0;
     let droppedQos0 = this.droppedQos0OfClosedSessions;
     for (const session of this.sessions) {
       if (session.state === 'detached') detached++;
       queuedBytes += session.queuedBytes;
       replayBytes += session.stream.replayBytes;
+      brokerHeldBytes += session.link.heldBytes;
       droppedQos0 += session.droppedQos0;
     }
     const agents = new Set<string>();
     for (const record of this.agents.values()) if (record.tunnels.size > 0) agents.add(record.agentId);
-    return { agents: agents.size, tunnels: this.tunnels.size, sessions: this.sessions.size, detached, queuedBytes, replayBytes, droppedQos0 };
+    return { agents: agents.size, tunnels: this.tunnels.size, sessions: this.sessions.size, detached, queuedBytes, replayBytes, brokerHeldBytes, droppedQos0 };
   }
 
   async close(): Promise<void> {
