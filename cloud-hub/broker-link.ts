@@ -7,6 +7,8 @@ export interface BrokerLink {
   push(bytes: Buffer | null): boolean;
   destroy(): void;
   readonly destroyed: boolean;
+  /** Device bytes accepted and not yet taken by the broker (or the kernel, for a socket). */
+  readonly heldBytes: number;
 }
 
 /** What a link reports to the session that owns it. */

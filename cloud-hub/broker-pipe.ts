@@ -32,6 +32,10 @@ export class BrokerPipe extends Duplex implements BrokerLink {
     super({ readableHighWaterMark: BATCH_BYTES, writableHighWaterMark: 64 * 1024 });
   }
 
+  get heldBytes(): number {
+    return this.queuedBytes;
+  }
+
   /** Device bytes for the broker (null: end once they are read). Returns false to hold back credit. */
   override push(bytes: Buffer | null): boolean {
     if (bytes === null) {

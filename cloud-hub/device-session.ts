@@ -76,6 +76,11 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     return this.waitingBytes;
   }
 
+  /** Device bytes received but not yet credited back to the agent, because the broker link is full. */
+  get heldCredit(): number {
+    return this.creditHeldBack;
+  }
+
   connectBroker(makeLink: (owner: BrokerLinkOwner) => BrokerLink): void {
     this.link = makeLink(this);
   }

@@ -33,7 +33,12 @@ export async function startEmbeddedBroker(options: {
   // aedes writes every delivery with its own writev: a cloud application
   // subscribed to a fleet would cost the hub one syscall per message.
   const appWrites = new SocketBatcher();
+  // server.close() waits for every open connection: the hub keeps them so a
+  // stop does not last as long as the longest-connected application.
+  const appSockets = new Set<net.Socket>();
   const appServer = net.createServer((socket) => {
+    appSockets.add(socket);
+    socket.once('close', () => appSockets.delete(socket));
     appWrites.gather(socket);
     broker.handle(socket);
   });
@@ -48,8 +53,13 @@ export async function startEmbeddedBroker(options: {
     broker,
     appServer,
     close: async () => {
-      await new Promise<void>((resolve) => appServer.close(() => resolve()));
+      const listenerClosed = new Promise<void>((resolve) => appServer.close(() => resolve()));
+      // aedes closes the connections of the clients it knows, publishing their
+      // wills and saving their sessions before the persistence is closed.
       await new Promise<void>((resolve) => broker.close(() => resolve()));
+      // Left: connections that never completed a CONNECT.
+      for (const socket of appSockets) socket.destroy();
+      await listenerClosed;
       options.persistence?.close();
     },
   };

@@ -14,6 +14,12 @@ export interface ExternalBrokerEndpoint {
 
 /** How long a broker may take to accept a TCP/TLS connection before the next one is tried. */
 const CONNECT_TIMEOUT_MS = 5000;
+/**
+ * Device bytes kept while the broker connection is being dialled above which
+ * the session holds back stream credit, as for the embedded broker: the agent
+ * then stops reading the device, and at most one stream window more arrives.
+ */
+export const MAX_PENDING_BYTES = 64 * 1024;
 
 function dial(endpoint: ExternalBrokerEndpoint): net.Socket {
   if (endpoint.tls === undefined) return net.connect({ host: endpoint.host, port: endpoint.port, noDelay: true });
@@ -94,13 +100,16 @@ export class ExternalBrokerGroup {
  * and everything after it go through unchanged, so the broker sees the
  * device (client ID, credentials, will, properties), not the hub. Bytes
  * pushed before the connection is up are kept so they can be sent to the
- * next broker of the route if this one cannot be reached.
+ * next broker of the route if this one cannot be reached; past
+ * MAX_PENDING_BYTES, and while the socket's buffer is full, `push` returns
+ * false and the session holds back credit until `brokerReadable`.
  */
 export class ExternalBrokerLink implements BrokerLink {
   destroyed = false;
   private socket: net.Socket | null = null;
   private connected = false;
   private pending: Buffer[] = [];
+  private pendingBytes = 0;
   private endAfterPending = false;
   private readonly candidates: ExternalBrokerEndpoint[];
   private attempt = 0;
@@ -113,12 +122,22 @@ export class ExternalBrokerLink implements BrokerLink {
     this.dialNext();
   }
 
+  /** Device bytes accepted but not yet handed to the kernel. */
+  get heldBytes(): number {
+    return this.connected ? this.socket!.writableLength : this.pendingBytes;
+  }
+
   push(bytes: Buffer | null): boolean {
     if (this.destroyed) return true;
     if (!this.connected) {
-      if (bytes === null) this.endAfterPending = true;
-      else this.pending.push(Buffer.from(bytes));
-      return true;
+      if (bytes === null) {
+        this.endAfterPending = true;
+      } else {
+        // Kept past this call: the caller's buffer is a view of a tunnel read.
+        this.pending.push(Buffer.from(bytes));
+        this.pendingBytes += bytes.length;
+      }
+      return this.pendingBytes < MAX_PENDING_BYTES;
     }
     if (bytes === null) {
       this.socket!.end();
@@ -130,6 +149,8 @@ export class ExternalBrokerLink implements BrokerLink {
   destroy(): void {
     if (this.destroyed) return;
     this.destroyed = true;
+    this.pending = [];
+    this.pendingBytes = 0;
     this.socket?.destroy();
     this.owner.brokerClosed();
   }
@@ -138,6 +159,8 @@ export class ExternalBrokerLink implements BrokerLink {
     const endpoint = this.candidates[this.attempt++];
     if (endpoint === undefined) {
       this.destroyed = true;
+      this.pending = [];
+      this.pendingBytes = 0;
       this.owner.brokerUnavailable(`no broker of route ${this.group.name} could be reached`);
       return;
     }
@@ -156,7 +179,10 @@ export class ExternalBrokerLink implements BrokerLink {
       for (const bytes of this.pending) socket.write(bytes);
       socket.uncork();
       this.pending = [];
+      this.pendingBytes = 0;
       if (this.endAfterPending) socket.end();
+      // Credit held back while dialling is returned once the socket takes more; 'drain' does it otherwise.
+      if (!socket.writableNeedDrain) this.owner.brokerReadable();
     });
     socket.on('data', (chunk: Buffer) => {
       this.owner.fromBroker(chunk, () => {});

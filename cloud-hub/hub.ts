@@ -49,6 +49,8 @@ export interface HubStats {
   detached: number;
   queuedBytes: number;
   replayBytes: number;
+  /** Device bytes the broker links hold: dialling, or waiting for a congested broker. */
+  brokerHeldBytes: number;
   droppedQos0: number;
 }
 
@@ -108,6 +110,16 @@ export class CloudHub {
     });
     this.sweep = setInterval(() => this.sweepSessions(), SWEEP_INTERVAL_MS);
     this.sweep.unref();
+    // The registry keeps what it could not write and retries: one line when the
+    // disk goes away and one when it is back, the count of failures in metrics.
+    registry?.on('flushFailed', (err, failures) => {
+      const fields = { reason: (err.cause as { code?: string } | undefined)?.code ?? err.message, pendingRows: registry.stats.pendingRows };
+      if (failures === 1) options.log.error(fields, 'registry flush failed; keeping its changes and retrying');
+      else options.log.debug({ ...fields, failures }, 'registry flush failed again');
+    });
+    registry?.on('flushRecovered', (failures) => {
+      options.log.info({ failures, pendingRows: registry.stats.pendingRows }, 'registry flush succeeded again');
+    });
   }
 
   static async start(options: HubOptions): Promise<CloudHub> {
@@ -139,16 +151,18 @@ export class CloudHub {
     let detached = 0;
     let queuedBytes = 0;
     let replayBytes = 0;
+    let brokerHeldBytes = 0;
     let droppedQos0 = this.droppedQos0OfClosedSessions;
     for (const session of this.sessions) {
       if (session.state === 'detached') detached++;
       queuedBytes += session.queuedBytes;
       replayBytes += session.stream.replayBytes;
+      brokerHeldBytes += session.link.heldBytes;
       droppedQos0 += session.droppedQos0;
     }
     const agents = new Set<string>();
     for (const record of this.agents.values()) if (record.tunnels.size > 0) agents.add(record.agentId);
-    return { agents: agents.size, tunnels: this.tunnels.size, sessions: this.sessions.size, detached, queuedBytes, replayBytes, droppedQos0 };
+    return { agents: agents.size, tunnels: this.tunnels.size, sessions: this.sessions.size, detached, queuedBytes, replayBytes, brokerHeldBytes, droppedQos0 };
   }
 
   /**
@@ -181,7 +195,12 @@ export class CloudHub {
     });
     for (const session of [...this.sessions]) session.expire();
     this.reportTraffic();
-    this.registry?.close();
+    try {
+      this.registry?.close();
+    } catch (err) {
+      // The broker's own state is written next, whatever happened to the registry's.
+      this.options.log.error({ reason: (err as { code?: string }).code ?? (err as Error).message }, 'registry not written at stop');
+    }
     this.router.close();
     await this.embedded.close();
   }

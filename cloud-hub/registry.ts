@@ -9,6 +9,13 @@
  * interval of registry updates; rows stay consistent because each flush is
  * one transaction. `last_seen` for traffic is stamped at flush time, so its
  * resolution is the flush interval; connect and disconnect stamp their own time.
+ *
+ * A flush that fails (disk full, I/O error, a lock held too long) rolls back
+ * and leaves its changes pending; the timer retries them on its next turn and
+ * reports each failure as a `flushFailed` event, never as `error`, so a bad disk
+ * cannot take the hub down with it. Counters of a pending device keep adding up
+ * in place; a device or agent not yet pending while `maxPendingRows` are is
+ * dropped and counted, so memory stays bounded however long the disk is away.
  */
 import { EventEmitter } from 'node:events';
 import { EdgemuxError } from '../shared/errors.js';
@@ -40,6 +47,8 @@ export interface DeviceRow {
 
 export interface RegistryOptions {
   flushIntervalMs?: number;
+  /** Agents and devices with unwritten changes, at most; see `RegistryStats.droppedChanges`. */
+  maxPendingRows?: number;
   now?: () => number;
 }
 
@@ -48,18 +57,33 @@ export interface RegistryStats {
   flushes: number;
   /** Agent and device rows written by them. */
   rowsWritten: number;
+  /** Flushes on the timer that failed and were left for the next one. */
+  flushFailures: number;
+  /** Agents and devices with changes not yet written. */
+  pendingRows: number;
+  /** Changes not kept because `maxPendingRows` were already pending. */
+  droppedChanges: number;
 }
 
-export type RegistryErrorCode = 'E_REGISTRY_CLOSED';
+export type RegistryErrorCode = 'E_REGISTRY_CLOSED' | 'E_REGISTRY_FLUSH';
 
 export class RegistryError extends EdgemuxError {
-  constructor(code: RegistryErrorCode, message: string) {
-    super(code, message);
+  constructor(code: RegistryErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
     this.name = 'RegistryError';
   }
 }
 
+export interface RegistryEvents {
+  /** A timed flush failed; its changes stay pending. `failures`: consecutive failed flushes so far. */
+  flushFailed: [error: RegistryError, failures: number];
+  /** A flush succeeded after `failures` consecutive failed ones. */
+  flushRecovered: [failures: number];
+}
+
 export const DEFAULT_REGISTRY_FLUSH_INTERVAL_MS = 1000;
+/** About 200 bytes each: a registry kept off disk holds at most ~20 MB. */
+export const DEFAULT_REGISTRY_MAX_PENDING_ROWS = 100_000;
 
 interface AgentChange {
   agentId: string;
@@ -118,10 +142,11 @@ interface DeviceParams {
   bytesOut: number;
 }
 
-export class Registry extends EventEmitter {
+export class Registry extends EventEmitter<RegistryEvents> {
   readonly db: Database.Database;
   readonly #ownsDb: boolean;
   readonly #now: () => number;
+  readonly #maxPendingRows: number;
   readonly #timer: NodeJS.Timeout;
   readonly #agentChanges = new Map<string, AgentChange>();
   readonly #deviceChanges = new Map<string, DeviceChange>();
@@ -133,6 +158,9 @@ export class Registry extends EventEmitter {
   #closed = false;
   #flushes = 0;
   #rowsWritten = 0;
+  #flushFailures = 0;
+  #failingFlushes = 0;
+  #droppedChanges = 0;
 
   /** Pass the Database the SqlitePersistence uses to keep one file; its owner then closes it. */
   constructor(db: Database.Database | { path: string }, options: RegistryOptions = {}) {
@@ -147,6 +175,7 @@ export class Registry extends EventEmitter {
       this.db.pragma('synchronous = NORMAL');
     }
     this.#now = options.now ?? Date.now;
+    this.#maxPendingRows = options.maxPendingRows ?? DEFAULT_REGISTRY_MAX_PENDING_ROWS;
     this.db.exec(SCHEMA);
 
     this.#upsertAgent = this.db.prepare(
@@ -181,7 +210,13 @@ export class Registry extends EventEmitter {
   }
 
   get stats(): RegistryStats {
-    return { flushes: this.#flushes, rowsWritten: this.#rowsWritten };
+    return {
+      flushes: this.#flushes,
+      rowsWritten: this.#rowsWritten,
+      flushFailures: this.#flushFailures,
+      pendingRows: this.#pendingRows(),
+      droppedChanges: this.#droppedChanges,
+    };
   }
 
   /** `tunnels`: how many tunnels the agent has open now, this one included. */
@@ -196,6 +231,7 @@ export class Registry extends EventEmitter {
 
   deviceConnected(clientId: string, agentId: string): void {
     const change = this.#deviceChange(clientId);
+    if (change === null) return;
     const at = this.#now();
     change.agentId = agentId;
     change.session = { kind: 'connected', since: at };
@@ -204,6 +240,7 @@ export class Registry extends EventEmitter {
 
   deviceDisconnected(clientId: string): void {
     const change = this.#deviceChange(clientId);
+    if (change === null) return;
     change.session = { kind: 'disconnected' };
     change.eventAt = this.#now();
   }
@@ -211,6 +248,7 @@ export class Registry extends EventEmitter {
   /** Data path: one map lookup and four additions, no I/O. */
   countToBroker(clientId: string, bytes: number, messages = 1): void {
     const change = this.#deviceChange(clientId);
+    if (change === null) return;
     change.hadTraffic = true;
     change.msgsIn += messages;
     change.bytesIn += bytes;
@@ -218,6 +256,7 @@ export class Registry extends EventEmitter {
 
   countToDevice(clientId: string, bytes: number, messages = 1): void {
     const change = this.#deviceChange(clientId);
+    if (change === null) return;
     change.hadTraffic = true;
     change.msgsOut += messages;
     change.bytesOut += bytes;
@@ -236,7 +275,7 @@ export class Registry extends EventEmitter {
   /** Writes pending changes in one transaction; on failure they stay pending for the next attempt. */
   flush(): void {
     this.#assertOpen();
-    const rows = this.#agentChanges.size + this.#deviceChanges.size;
+    const rows = this.#pendingRows();
     if (rows === 0) return;
     this.#writeChanges(this.#now());
     this.#agentChanges.clear();
@@ -261,8 +300,21 @@ export class Registry extends EventEmitter {
     try {
       this.flush();
     } catch (err) {
-      this.emit('error', err);
+      this.#flushFailures++;
+      this.#failingFlushes++;
+      const reason = (err as { code?: string }).code ?? (err as Error).message;
+      this.emit('flushFailed', new RegistryError('E_REGISTRY_FLUSH', `registry flush failed: ${reason}`, { cause: err }), this.#failingFlushes);
+      return;
     }
+    if (this.#failingFlushes > 0) {
+      const failures = this.#failingFlushes;
+      this.#failingFlushes = 0;
+      this.emit('flushRecovered', failures);
+    }
+  }
+
+  #pendingRows(): number {
+    return this.#agentChanges.size + this.#deviceChanges.size;
   }
 
   #agentChange(agentId: string, fingerprint: string | null, tunnels: number): void {
@@ -270,6 +322,10 @@ export class Registry extends EventEmitter {
     const at = this.#now();
     const change = this.#agentChanges.get(agentId);
     if (change === undefined) {
+      if (this.#pendingRows() >= this.#maxPendingRows) {
+        this.#droppedChanges++;
+        return;
+      }
       this.#agentChanges.set(agentId, { agentId, fingerprint, tunnels, firstAt: at, at });
       return;
     }
@@ -278,10 +334,15 @@ export class Registry extends EventEmitter {
     change.at = at;
   }
 
-  #deviceChange(clientId: string): DeviceChange {
+  /** Null when the change cannot be kept: `maxPendingRows` are pending already. */
+  #deviceChange(clientId: string): DeviceChange | null {
     this.#assertOpen();
     let change = this.#deviceChanges.get(clientId);
     if (change === undefined) {
+      if (this.#pendingRows() >= this.#maxPendingRows) {
+        this.#droppedChanges++;
+        return null;
+      }
       change = {
         clientId,
         agentId: null,

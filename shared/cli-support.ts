@@ -31,15 +31,28 @@ export function runCli(main: () => Promise<void>): void {
   });
 }
 
-/** Stops cleanly on SIGINT/SIGTERM; a second signal exits at once. */
-export function onShutdown(stop: () => Promise<void>): void {
+/**
+ * How long a clean stop may take before the process exits anyway: below
+ * Docker's 10 s between SIGTERM and SIGKILL, so the process ends on its own terms.
+ */
+export const SHUTDOWN_DEADLINE_MS = 8000;
+
+/** Stops cleanly on SIGINT/SIGTERM; a second signal exits at once, a stop that outlasts `deadlineMs` exits 1. */
+export function onShutdown(stop: () => Promise<void>, deadlineMs = SHUTDOWN_DEADLINE_MS): void {
   let stopping = false;
   const handler = (): void => {
     if (stopping) process.exit(130);
     stopping = true;
+    setTimeout(() => {
+      process.stderr.write(`stop did not finish within ${deadlineMs} ms; exiting\n`);
+      process.exit(1);
+    }, deadlineMs).unref();
     stop().then(
       () => process.exit(0),
-      () => process.exit(1),
+      (err: unknown) => {
+        process.stderr.write(`stop failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+        process.exit(1);
+      },
     );
   };
   process.on('SIGINT', handler);

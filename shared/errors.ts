@@ -17,7 +17,8 @@ export type EdgemuxErrorCode =
   | 'E_CONFIG'
   | 'E_PERSISTENCE_NOT_FOUND'
   | 'E_PERSISTENCE_CLOSED'
-  | 'E_REGISTRY_CLOSED';
+  | 'E_REGISTRY_CLOSED'
+  | 'E_REGISTRY_FLUSH';
 
 export class EdgemuxError extends Error {
   readonly code: EdgemuxErrorCode;

@@ -57,7 +57,7 @@ describe('Registry', () => {
 
     clock.advance(500);
     registry.flush();
-    expect(registry.stats).toEqual({ flushes: 1, rowsWritten: 6 });
+    expect(registry.stats).toMatchObject({ flushes: 1, rowsWritten: 6, pendingRows: 0 });
     expect(deviceRowWrites()).toBe(5);
 
     const devices = registry.devices();
@@ -149,6 +149,30 @@ describe('Registry', () => {
     second.close();
 
     expect(() => second.countToBroker('dev-1', 1)).toThrow(expect.objectContaining({ code: 'E_REGISTRY_CLOSED' }));
+  });
+
+  it('holds at most maxPendingRows agents and devices between flushes, adding up the counts of those it holds', () => {
+    const db = new Database(freshPath());
+    const registry = new Registry(db, { flushIntervalMs: 3_600_000, maxPendingRows: 3 });
+    registry.agentConnected('site-a', 'sha256:aa', 1);
+    registry.deviceConnected('dev-1', 'site-a');
+    registry.deviceConnected('dev-2', 'site-a');
+    registry.deviceConnected('dev-3', 'site-a');
+    registry.countToBroker('dev-4', 10);
+    for (let i = 0; i < 1000; i++) registry.countToBroker('dev-1', 10);
+    expect(registry.stats).toMatchObject({ pendingRows: 3, droppedChanges: 2 });
+
+    registry.flush();
+    expect(registry.stats).toMatchObject({ pendingRows: 0, rowsWritten: 3 });
+    expect(registry.devices().map((row) => [row.client_id, row.msgs_in])).toEqual([
+      ['dev-1', 1000],
+      ['dev-2', 0],
+    ]);
+    // Room again after the flush.
+    registry.countToBroker('dev-4', 10);
+    expect(registry.devices().map((row) => row.client_id)).toEqual(['dev-1', 'dev-2', 'dev-4']);
+    registry.close();
+    db.close();
   });
 
   it('shares one connection and file with the SQLite persistence', async () => {

@@ -143,11 +143,22 @@ export class Mosquitto {
     return `mqtt://127.0.0.1:${this.port}`;
   }
 
+  /** Stops the process without ending it (SIGSTOP): the kernel still completes TCP handshakes, nothing answers. */
+  pause(): void {
+    this.child?.kill('SIGSTOP');
+  }
+
+  resume(): void {
+    this.child?.kill('SIGCONT');
+  }
+
   async stop(): Promise<void> {
     const child = this.child;
     if (child === null) return;
     this.child = null;
     if (child.exitCode !== null) return;
+    // A stopped process would hold SIGTERM until the SIGKILL below.
+    child.kill('SIGCONT');
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
     child.kill('SIGTERM');
     const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
