@@ -80,6 +80,8 @@ export class EdgeAgent implements DeviceHost {
   private readonly streamStates = new Map<DeviceStream, StreamState>();
   private nextStreamId = 1;
   private readonly sweep: NodeJS.Timeout;
+  /** Hubs (HELLO id) that said goodbye and have not come back: none of their streams can resume. */
+  private readonly departedHubs = new Set<string>();
 
   private constructor(
     private readonly options: AgentOptions,
@@ -105,7 +107,10 @@ export class EdgeAgent implements DeviceHost {
     });
     this.pool.on('control', (tunnel, frame) => this.onStreamControl(tunnel, frame));
     this.pool.on('down', (tunnel) => this.onTunnelDown(tunnel));
-    this.pool.on('up', () => this.resumeDetached());
+    this.pool.on('up', (tunnel) => {
+      this.departedHubs.delete(tunnel.peerId);
+      this.resumeDetached();
+    });
     this.pool.on('gave-up', () => this.resumeDetached());
     server.on('connection', (socket) => this.devices.add(new DeviceConnection(socket, this)));
     this.sweep = setInterval(() => this.sweepDevices(), SWEEP_INTERVAL_MS);
@@ -184,13 +189,20 @@ export class EdgeAgent implements DeviceHost {
     if (afterConnect) this.deviceDisconnects++;
   }
 
+  /**
+   * A graceful stop: each device is closed (an MQTT 5 device is told the
+   * server is shutting down) and its stream CLOSEd, then every tunnel says
+   * GOODBYE behind those CLOSEs, so the hub ends every session of this
+   * instance at once, detached ones included, instead of holding them for
+   * the resume grace period as after a network failure.
+   */
   async close(): Promise<void> {
     clearInterval(this.sweep);
-    // Devices first, so the hub hears of each one (and publishes wills) now rather than after the grace period.
-    for (const device of this.devices) device.socket.destroy();
-    await new Promise((resolve) => setImmediate(resolve));
-    this.pool.stop();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const listenerClosed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const devicesClosed = [...this.devices].map((device) => device.shutDown('agent shutting down'));
+    await this.pool.stop('agent shutting down');
+    await Promise.all(devicesClosed);
+    await listenerClosed;
   }
 
   private onStreamControl(tunnel: Tunnel, frame: ControlFrame): void {
@@ -245,6 +257,11 @@ export class EdgeAgent implements DeviceHost {
   }
 
   private onTunnelDown(tunnel: Tunnel): void {
+    if (tunnel.peerGoodbye !== null) this.departedHubs.add(tunnel.peerId);
+    if (this.departedHubs.has(tunnel.peerId)) {
+      this.endStreamsOfDepartedHub(tunnel);
+      return;
+    }
     const now = Date.now();
     for (const stream of tunnel.streams.values() as IterableIterator<DeviceStream>) {
       const state = this.streamStates.get(stream);
@@ -257,6 +274,29 @@ export class EdgeAgent implements DeviceHost {
     }
     tunnel.streams.clear();
     this.resumeDetached();
+  }
+
+  /**
+   * The hub said goodbye: it has ended every session it held for this agent,
+   * so the devices are closed now rather than after the resume grace period,
+   * and reconnect (to another hub, or to this one when it is back). Streams
+   * riding the hub's other tunnels end when those close, behind their own
+   * GOODBYE, so the broker's last packets on them still reach the devices.
+   */
+  private endStreamsOfDepartedHub(tunnel: Tunnel): void {
+    const reason = `hub ${tunnel.peerId} said goodbye`;
+    const ending: DeviceStream[] = [...(tunnel.streams.values() as IterableIterator<DeviceStream>)];
+    for (const [stream, state] of this.streamStates) {
+      if (state.detachedSince !== null && state.hubId === tunnel.peerId) ending.push(stream);
+    }
+    tunnel.streams.clear();
+    for (const stream of ending) {
+      const state = this.streamStates.get(stream);
+      if (state === undefined) continue;
+      this.forget(stream, null);
+      if (state.closing === null) stream.sink.closeFromHub(reason, true);
+    }
+    if (ending.length > 0) this.log.info({ hubId: tunnel.peerId, streams: ending.length, reason }, 'closing the devices of a departed hub');
   }
 
   /** Asks the hub to continue every detached stream on a live tunnel, to the same hub where one is up. */

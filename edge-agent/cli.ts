@@ -6,7 +6,7 @@ import { agentConfigSchema } from './config.js';
 import { createLogger } from '../shared/logger.js';
 import { ensureDevPki } from '../shared/pki.js';
 import { startMetricsServer } from '../shared/metrics-server.js';
-import { agentMetrics } from './agent-metrics.js';
+import { agentHealth, agentMetrics } from './agent-metrics.js';
 import { startAgent } from './main.js';
 import { superviseWorkers, workerIndex } from './workers.js';
 
@@ -90,7 +90,7 @@ runCli(async () => {
     ? await startMetricsServer({
         ...config.metrics,
         registry,
-        health: () => ({ healthy: agent.pool.readyCount > 0, ...agent.stats() }),
+        health: () => agentHealth(agent),
       })
     : null;
   onShutdown(async () => {
