@@ -285,9 +285,11 @@ export class EdgeAgent implements DeviceHost {
    */
   private endStreamsOfDepartedHub(tunnel: Tunnel): void {
     const reason = `hub ${tunnel.peerId} said goodbye`;
-    const ending: DeviceStream[] = [...(tunnel.streams.values() as IterableIterator<DeviceStream>)];
+    const ending: DeviceStream[] = [];
     for (const [stream, state] of this.streamStates) {
-      if (state.detachedSince !== null && state.hubId === tunnel.peerId) ending.push(stream);
+      if (state.hubId === tunnel.peerId && (state.detachedSince !== null || stream.carrier === tunnel)) ending.push(stream);
+      // A stream of another hub that was asking to resume here asks again elsewhere.
+      else if (state.resumingOn === tunnel) state.resumingOn = null;
     }
     tunnel.streams.clear();
     for (const stream of ending) {
@@ -297,6 +299,7 @@ export class EdgeAgent implements DeviceHost {
       if (state.closing === null) stream.sink.closeFromHub(reason, true);
     }
     if (ending.length > 0) this.log.info({ hubId: tunnel.peerId, streams: ending.length, reason }, 'closing the devices of a departed hub');
+    this.resumeDetached();
   }
 
   /** Asks the hub to continue every detached stream on a live tunnel, to the same hub where one is up. */
