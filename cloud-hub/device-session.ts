@@ -230,14 +230,18 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     this.endBrokerSide();
   }
 
-  /** The resume grace period ran out: end the broker session as an abrupt disconnect, so the will is published. */
-  expire(): void {
+  /**
+   * The session cannot go on (resume grace period over, the agent or the hub
+   * going away): end the broker session as an abrupt disconnect, so the
+   * broker publishes the will unless it read the device's DISCONNECT.
+   */
+  expire(reason = 'resume grace period expired'): void {
     if (this.state === 'closed') return;
     if (this.closing) {
       this.finish();
       return;
     }
-    this.options.log.info({ clientId: this.clientId, agentId: this.agentId, reason: 'resume grace period expired' }, 'device session ended');
+    this.options.log.info({ clientId: this.clientId, agentId: this.agentId, streamId: this.stream.id, reason }, 'device session ended');
     this.endBrokerSide();
   }
 

@@ -52,21 +52,24 @@ export interface HubStats {
   /** Device bytes the broker links hold: dialling, or waiting for a congested broker. */
   brokerHeldBytes: number;
   droppedQos0: number;
+  /** Tunnels refused since start because another instance of the agent held the identity. */
+  refusedTunnels: number;
 }
 
 /** What the hub knows of one agent process (one worker of it): its streams outlive any one tunnel. */
 interface AgentRecord {
   key: string;
   agentId: string;
+  worker: number;
   instance: string;
-  /** Earlier instances of this agent worker: a late HELLO from one must not end the current sessions. */
-  retired: string[];
   streams: Map<number, SessionStream>;
+  /** Tunnels that completed HELLO and are not closed: while there is one, the instance holds the identity. */
   tunnels: Set<Tunnel>;
+  /** The instance said GOODBYE: none of its streams will resume, each ends as its tunnel goes. */
+  departed: boolean;
 }
 
 const SWEEP_INTERVAL_MS = 1000;
-const RETIRED_INSTANCES_KEPT = 8;
 /** An agent may ask for a large window, but the hub's replay memory per stream stays bounded. */
 const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 
@@ -93,6 +96,7 @@ export class CloudHub {
   private readonly agents = new Map<string, AgentRecord>();
   private readonly tunnels = new Set<Tunnel>();
   private readonly sweep: NodeJS.Timeout;
+  private refusedTunnels = 0;
 
   private constructor(
     private readonly options: HubOptions,
@@ -162,7 +166,17 @@ export class CloudHub {
     }
     const agents = new Set<string>();
     for (const record of this.agents.values()) if (record.tunnels.size > 0) agents.add(record.agentId);
-    return { agents: agents.size, tunnels: this.tunnels.size, sessions: this.sessions.size, detached, queuedBytes, replayBytes, brokerHeldBytes, droppedQos0 };
+    return {
+      agents: agents.size,
+      tunnels: this.tunnels.size,
+      sessions: this.sessions.size,
+      detached,
+      queuedBytes,
+      replayBytes,
+      brokerHeldBytes,
+      droppedQos0,
+      refusedTunnels: this.refusedTunnels,
+    };
   }
 
   /**
@@ -187,14 +201,24 @@ export class CloudHub {
     this.tunnelServer.setSecureContext(tunnelContext(material));
   }
 
+  /**
+   * A graceful stop: every session ends now (the broker publishes the wills
+   * of devices that did not disconnect), then each agent tunnel says GOODBYE,
+   * so agents close their devices at once instead of holding them for the
+   * resume grace period as after a network failure.
+   */
   async close(): Promise<void> {
     clearInterval(this.sweep);
-    await new Promise<void>((resolve) => {
-      this.tunnelServer.close(() => resolve());
-      for (const tunnel of this.tunnels) tunnel.close('hub shutting down');
-    });
-    for (const session of [...this.sessions]) session.expire();
+    const serverClosed = new Promise<void>((resolve) => this.tunnelServer.close(() => resolve()));
     this.reportTraffic();
+    for (const session of [...this.sessions]) session.expire('hub shutting down');
+    const withHello = new Set<Tunnel>();
+    for (const record of this.agents.values()) for (const tunnel of record.tunnels) withHello.add(tunnel);
+    for (const tunnel of this.tunnels) {
+      if (withHello.has(tunnel)) void tunnel.goodbye('shutdown', 'hub shutting down');
+      else tunnel.close('hub shutting down');
+    }
+    await serverClosed;
     try {
       this.registry?.close();
     } catch (err) {
@@ -240,11 +264,15 @@ export class CloudHub {
           return;
         }
         tunnel.peerMaxFramePayload = frame.body.maxFramePayload;
-        record = this.registerAgent(agentId, frame.body.worker ?? 0, frame.body.instance, log);
-        if (record === null) {
-          tunnel.close('HELLO from a retired agent instance');
+        const admitted = this.registerAgent(agentId, frame.body.worker ?? 0, frame.body.instance, log);
+        if (typeof admitted === 'string') {
+          this.refusedTunnels++;
+          log.warn({ worker: frame.body.worker ?? 0, instance: frame.body.instance, helloId: frame.body.id, reason: admitted }, 'tunnel refused');
+          // The reason goes to the agent in place of HELLO, so its operator sees it there too.
+          void tunnel.goodbye('identity-in-use', admitted);
           return;
         }
+        record = admitted;
         record.tunnels.add(tunnel);
         this.registry?.agentConnected(agentId, fingerprint, record.tunnels.size);
         tunnel.send({
@@ -270,42 +298,65 @@ export class CloudHub {
       }
       this.onStreamControl(tunnel, record, frame, log);
     });
+    tunnel.on('goodbye', (body) => {
+      if (record === null) return;
+      log.info({ code: body.code, reason: body.reason, sessions: record.streams.size }, 'agent said goodbye; ending its sessions');
+      record.departed = true;
+      // Detached sessions have no tunnel left to end them; the attached ones end with their tunnel (below).
+      for (const stream of [...record.streams.values()]) {
+        if (stream.carrier === null) stream.sink.expire(`agent said goodbye: ${body.reason}`);
+      }
+    });
     tunnel.on('closed', (reason) => {
       clearTimeout(helloTimer);
       this.tunnels.delete(tunnel);
+      log.info({ reason, streams: tunnel.streams.size }, 'agent tunnel down');
+      const streams = [...tunnel.streams.values()] as SessionStream[];
+      tunnel.streams.clear();
+      if (record?.departed) {
+        // Its GOODBYE came behind this tunnel's last frames (a DISCONNECT among them): the broker has them all.
+        for (const stream of streams) stream.sink.expire('agent said goodbye');
+      } else {
+        const now = Date.now();
+        for (const stream of streams) stream.sink.detach(now);
+      }
       if (record !== null) {
         record.tunnels.delete(tunnel);
         this.registry?.agentDisconnected(agentId, record.tunnels.size);
         this.pruneAgent(record);
       }
-      log.info({ reason, streams: tunnel.streams.size }, 'agent tunnel down');
-      const now = Date.now();
-      for (const stream of tunnel.streams.values()) (stream as SessionStream).sink.detach(now);
-      tunnel.streams.clear();
     });
   }
 
-  /** A new instance of a known agent worker means the old process is gone: its sessions cannot resume. */
-  private registerAgent(agentId: string, worker: number, instance: string, log: Logger): AgentRecord | null {
+  /**
+   * The certificate's CN (with the worker index) is the identity; an
+   * instance is one process holding it. A new instance replaces the current
+   * one only once the current one has no live tunnel (closed, or declared
+   * dead by the heartbeat) or has said goodbye: a second process holding the
+   * same certificate is refused rather than allowed to end the sessions of
+   * the one that is running. Returns the record, or why the HELLO is refused.
+   */
+  private registerAgent(agentId: string, worker: number, instance: string, log: Logger): AgentRecord | string {
     const key = `${agentId}#${worker}`;
     const known = this.agents.get(key);
     if (known !== undefined && known.instance === instance) return known;
-    if (known !== undefined && known.retired.includes(instance)) return null;
+    if (known !== undefined && known.tunnels.size > 0 && !known.departed) {
+      return `agent ${agentId} worker ${worker} is already connected as another instance (${known.tunnels.size} live tunnels); a second process is using its certificate`;
+    }
     if (known !== undefined) {
       log.info({ previousInstance: known.instance, sessions: known.streams.size }, 'agent restarted; ending its old sessions');
-      for (const stream of [...known.streams.values()]) stream.sink.expire();
+      for (const stream of [...known.streams.values()]) stream.sink.expire('agent restarted');
       for (const tunnel of known.tunnels) tunnel.close('agent restarted');
     }
-    const retired = known === undefined ? [] : [known.instance, ...known.retired].slice(0, RETIRED_INSTANCES_KEPT);
-    const record: AgentRecord = { key, agentId, instance, retired, streams: new Map(), tunnels: new Set() };
+    const record: AgentRecord = { key, agentId, worker, instance, streams: new Map(), tunnels: new Set(), departed: false };
     this.agents.set(key, record);
     return record;
   }
 
-  /** An agent with no tunnel and no session left is forgotten, except for the instances it retired. */
+  /** An agent with no tunnel and no session left is forgotten. */
   private pruneAgent(record: AgentRecord): void {
     if (record.tunnels.size > 0 || record.streams.size > 0 || this.agents.get(record.key) !== record) return;
-    if (record.retired.length === 0) this.agents.delete(record.key);
+    this.agents.delete(record.key);
   }
 
   private onStreamControl(tunnel: Tunnel, record: AgentRecord, frame: ControlFrame, log: Logger): void {

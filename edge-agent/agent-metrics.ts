@@ -29,5 +29,33 @@ export function agentMetrics(agent: EdgeAgent): Registry {
   counter('edgemux_agent_tunnel_bytes_in_total', 'Bytes received over tunnels', () => agent.pool.trafficTotals().bytesIn);
   counter('edgemux_agent_tunnel_bytes_out_total', 'Bytes sent over tunnels', () => agent.pool.trafficTotals().bytesOut);
   counter('edgemux_agent_tunnel_data_frames_out_total', 'DATA frames sent over tunnels', () => agent.pool.trafficTotals().dataFramesOut);
+  gauge('edgemux_agent_tunnels_refused', 'Tunnel slots whose last dial the hub refused (see /healthz for why)', () => agent.pool.refusals().length);
+  const refusalsSeen = new Map<string, number>();
+  new Counter({
+    name: 'edgemux_agent_tunnel_refusals_total',
+    help: 'Tunnels a hub refused with GOODBYE, by its code',
+    labelNames: ['code'],
+    registers: [registry],
+    collect() {
+      for (const [code, now] of agent.pool.refusalCounts) {
+        this.inc({ code }, Math.max(0, now - (refusalsSeen.get(code) ?? 0)));
+        refusalsSeen.set(code, now);
+      }
+    },
+  });
   return registry;
+}
+
+/**
+ * Healthy while a tunnel is up. While none is, the hubs' refusals (if that
+ * is why) say what the operator must fix, e.g. a second process using this
+ * agent's certificate.
+ */
+export function agentHealth(agent: EdgeAgent): { healthy: boolean; [key: string]: unknown } {
+  const refusals = agent.pool.refusals();
+  return {
+    healthy: agent.pool.readyCount > 0,
+    ...agent.stats(),
+    ...(refusals.length > 0 ? { refusals } : {}),
+  };
 }

@@ -84,6 +84,8 @@ export class EdgeAgent implements DeviceHost {
   private readonly streamStates = new Map<DeviceStream, StreamState>();
   private nextStreamId = 1;
   private readonly sweep: NodeJS.Timeout;
+  /** Hubs (HELLO id) that said goodbye and have not come back: none of their streams can resume. */
+  private readonly departedHubs = new Set<string>();
 
   private constructor(
     private readonly options: AgentOptions,
@@ -111,7 +113,10 @@ export class EdgeAgent implements DeviceHost {
     });
     this.pool.on('control', (tunnel, frame) => this.onStreamControl(tunnel, frame));
     this.pool.on('down', (tunnel) => this.onTunnelDown(tunnel));
-    this.pool.on('up', () => this.resumeDetached());
+    this.pool.on('up', (tunnel) => {
+      this.departedHubs.delete(tunnel.peerId);
+      this.resumeDetached();
+    });
     this.pool.on('gave-up', () => this.resumeDetached());
     server.on('connection', (socket) => this.devices.add(new DeviceConnection(socket, this)));
     this.sweep = setInterval(() => this.sweepDevices(), SWEEP_INTERVAL_MS);
@@ -190,13 +195,20 @@ export class EdgeAgent implements DeviceHost {
     if (afterConnect) this.deviceDisconnects++;
   }
 
+  /**
+   * A graceful stop: each device is closed (an MQTT 5 device is told the
+   * server is shutting down) and its stream CLOSEd, then every tunnel says
+   * GOODBYE behind those CLOSEs, so the hub ends every session of this
+   * instance at once, detached ones included, instead of holding them for
+   * the resume grace period as after a network failure.
+   */
   async close(): Promise<void> {
     clearInterval(this.sweep);
-    // Devices first, so the hub hears of each one (and publishes wills) now rather than after the grace period.
-    for (const device of this.devices) device.socket.destroy();
-    await new Promise((resolve) => setImmediate(resolve));
-    this.pool.stop();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const listenerClosed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const devicesClosed = [...this.devices].map((device) => device.shutDown('agent shutting down'));
+    await this.pool.stop('agent shutting down');
+    await Promise.all(devicesClosed);
+    await listenerClosed;
   }
 
   private onStreamControl(tunnel: Tunnel, frame: ControlFrame): void {
@@ -251,6 +263,11 @@ export class EdgeAgent implements DeviceHost {
   }
 
   private onTunnelDown(tunnel: Tunnel): void {
+    if (tunnel.peerGoodbye !== null) this.departedHubs.add(tunnel.peerId);
+    if (this.departedHubs.has(tunnel.peerId)) {
+      this.endStreamsOfDepartedHub(tunnel);
+      return;
+    }
     const now = Date.now();
     for (const stream of tunnel.streams.values() as IterableIterator<DeviceStream>) {
       const state = this.streamStates.get(stream);
@@ -262,6 +279,32 @@ export class EdgeAgent implements DeviceHost {
       state.resumingOn = null;
     }
     tunnel.streams.clear();
+    this.resumeDetached();
+  }
+
+  /**
+   * The hub said goodbye: it has ended every session it held for this agent,
+   * so the devices are closed now rather than after the resume grace period,
+   * and reconnect (to another hub, or to this one when it is back). Streams
+   * riding the hub's other tunnels end when those close, behind their own
+   * GOODBYE, so the broker's last packets on them still reach the devices.
+   */
+  private endStreamsOfDepartedHub(tunnel: Tunnel): void {
+    const reason = `hub ${tunnel.peerId} said goodbye`;
+    const ending: DeviceStream[] = [];
+    for (const [stream, state] of this.streamStates) {
+      if (state.hubId === tunnel.peerId && (state.detachedSince !== null || stream.carrier === tunnel)) ending.push(stream);
+      // A stream of another hub that was asking to resume here asks again elsewhere.
+      else if (state.resumingOn === tunnel) state.resumingOn = null;
+    }
+    tunnel.streams.clear();
+    for (const stream of ending) {
+      const state = this.streamStates.get(stream);
+      if (state === undefined) continue;
+      this.forget(stream, null);
+      if (state.closing === null) stream.sink.closeFromHub(reason, true);
+    }
+    if (ending.length > 0) this.log.info({ hubId: tunnel.peerId, streams: ending.length, reason }, 'closing the devices of a departed hub');
     this.resumeDetached();
   }
 

@@ -7,7 +7,7 @@ import { createLogger } from '../shared/logger.js';
 import { ReloadOnSignal } from '../shared/reload.js';
 import { ensureDevPki } from '../shared/pki.js';
 import { startMetricsServer } from '../shared/metrics-server.js';
-import { agentMetrics } from './agent-metrics.js';
+import { agentHealth, agentMetrics } from './agent-metrics.js';
 import { startAgent } from './main.js';
 import { reloadAgent, runningAgent } from './reload.js';
 import { onReloadFromPrimary, superviseWorkers, workerIndex } from './workers.js';
@@ -107,7 +107,7 @@ runCli(async () => {
     ? await startMetricsServer({
         ...config.metrics,
         registry,
-        health: () => ({ healthy: agent.pool.readyCount > 0, ...agent.stats() }),
+        health: () => agentHealth(agent),
       })
     : null;
   let running = await runningAgent(config);

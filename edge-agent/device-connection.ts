@@ -32,6 +32,10 @@ const NOTHING_HELD: Buffer[] = [];
 const HELD_BYTES_LIMIT = 64 * 1024;
 /** A device told its session is over gets this long to close its side before it is cut off. */
 const DRAIN_TIMEOUT_MS = 10_000;
+/** When the agent stops, a device gets this long to read its last bytes and close before it is cut off. */
+const SHUTDOWN_LINGER_MS = 2_000;
+/** MQTT 5 §3.14.2.1: DISCONNECT from the server, reason code 0x8B Server shutting down, no properties. */
+const DISCONNECT_SERVER_SHUTTING_DOWN = Buffer.from([0xe0, 0x02, 0x8b, 0x00]);
 /** Each socket points to its device, so one set of listeners serves every device instead of closures per device. */
 const DEVICE = Symbol('device');
 type DeviceSocket = Socket & { [DEVICE]: DeviceConnection };
@@ -151,13 +155,42 @@ export class DeviceConnection implements StreamSink {
     }
   }
 
-  /** The hub ended the session (DISCONNECT handled, takeover, refusal): flush and close. */
-  closeFromHub(reason: string): void {
+  /**
+   * The hub ended the session (DISCONNECT handled, takeover, refusal): flush
+   * and close. `serverShuttingDown`: the hub itself is stopping, which an
+   * MQTT 5 device is told with a DISCONNECT of its own.
+   */
+  closeFromHub(reason: string, serverShuttingDown = false): void {
     if (this.state === 'closed' || this.state === 'draining') return;
     this.host.log.debug({ clientId: this.clientId, reason }, 'hub closed the device session');
+    if (serverShuttingDown) this.sayServerShuttingDown();
     this.state = 'draining';
     this.timerStart = Date.now();
     this.socket.end();
+  }
+
+  /**
+   * The agent is stopping: an MQTT 5 device is told so, then the connection
+   * ends. The stream closes now, abrupt unless the device had sent
+   * DISCONNECT, so the hub ends the broker session at once and the broker
+   * publishes the will exactly when the device did not disconnect itself.
+   * Resolves once the socket is closed (or cut off after a short linger).
+   */
+  shutDown(reason: string): Promise<void> {
+    const closed = new Promise<void>((resolve) => {
+      if (this.socket.destroyed) resolve();
+      else this.socket.once('close', () => resolve());
+    });
+    if (this.state === 'attached') this.sayServerShuttingDown();
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), SHUTDOWN_LINGER_MS).unref();
+    this.onSocketClosed(reason);
+    return closed;
+  }
+
+  /** MQTT 5 §4.13: a server may send DISCONNECT only once the CONNACK went out; 3.1.1 has no server DISCONNECT. */
+  private sayServerShuttingDown(): void {
+    if (this.protocolVersion === 5 && !this.awaitingConnack) this.host.batcher.write(this.socket, DISCONNECT_SERVER_SHUTTING_DOWN);
   }
 
   /** The stream could not resume within the grace period: the device must reconnect. */

@@ -3,7 +3,7 @@ import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import tls from 'node:tls';
 import { ReconnectPolicy } from '../shared/backoff.js';
-import { type ControlFrame, FrameType, PROTOCOL_VERSION } from '../shared/frame-codec.js';
+import { type ControlFrame, FrameType, type GoodbyeBody, PROTOCOL_VERSION } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
 import { addTraffic, emptyTraffic, Tunnel, type TunnelTraffic } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
@@ -50,6 +50,15 @@ export interface TunnelPoolOptions {
   log: Logger;
 }
 
+/** A hub's refusal of a tunnel, in place of its HELLO: kept for health and metrics until a tunnel of that slot comes up. */
+export interface TunnelRefusal {
+  tunnel: number;
+  hub: string;
+  code: string;
+  reason: string;
+  at: number;
+}
+
 export interface TunnelPoolEvents {
   up: [tunnel: Tunnel, slot: number];
   down: [tunnel: Tunnel, slot: number, reason: string];
@@ -76,6 +85,8 @@ interface Slot {
   failedDials: number;
   /** The hub (HELLO id) this slot was last connected to, while it still dials that hub. */
   lastHubId: string | null;
+  /** Why the hub refused this slot's last dial, until a dial succeeds. */
+  refusal: TunnelRefusal | null;
 }
 
 /**
@@ -89,6 +100,8 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
   /** TLS connections opened so far; each is one WAN connection. */
   connectionsOpened = 0;
   private readonly closedTraffic: TunnelTraffic = emptyTraffic();
+  /** Tunnels hubs refused with GOODBYE, by its code. */
+  readonly refusalCounts = new Map<string, number>();
   /** Identifies this process to the hub, so it can tell a reconnect from a restart. */
   readonly instance = randomUUID();
 
@@ -112,6 +125,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       hubCursor: 0,
       failedDials: 0,
       lastHubId: null,
+      refusal: null,
     }));
   }
 
@@ -198,13 +212,41 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     }
   }
 
-  stop(): void {
+  /** Refusals standing on slots whose last dial the hub refused. */
+  refusals(): TunnelRefusal[] {
+    return this.slots.flatMap((slot) => (slot.refusal === null ? [] : [slot.refusal]));
+  }
+
+  /**
+   * Stops dialling and says goodbye on every ready tunnel, behind whatever
+   * was written to it before (the CLOSEs of the devices just closed).
+   * Resolves once every tunnel socket has closed.
+   */
+  async stop(reason = 'agent shutting down'): Promise<void> {
     this.stopped = true;
+    const closing: Promise<void>[] = [];
     for (const slot of this.slots) {
       if (slot.retry !== null) clearTimeout(slot.retry);
       this.dropProbes(slot);
-      slot.tunnel?.close('agent shutting down');
+      const tunnel = slot.tunnel;
+      if (tunnel === null) continue;
+      if (slot.ready) closing.push(tunnel.goodbye('shutdown', reason));
+      else {
+        tunnel.close(reason);
+        closing.push(tunnel.socketClosed);
+      }
     }
+    await Promise.all(closing);
+  }
+
+  private onGoodbye(slot: Slot, hub: string, body: GoodbyeBody, log: Logger): void {
+    if (slot.ready) {
+      log.warn({ hubId: slot.tunnel?.peerId, code: body.code, reason: body.reason }, 'hub said goodbye');
+      return;
+    }
+    slot.refusal = { tunnel: slot.index, hub, code: body.code, reason: body.reason, at: Date.now() };
+    this.refusalCounts.set(body.code, (this.refusalCounts.get(body.code) ?? 0) + 1);
+    log.warn({ code: body.code, reason: body.reason }, 'hub refused the tunnel');
   }
 
   /**
@@ -284,6 +326,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     });
     slot.tunnel = tunnel;
     const helloTimer = setTimeout(() => tunnel.close('no HELLO from hub in time'), TUNNEL_DEFAULTS.helloTimeoutMs);
+    tunnel.on('goodbye', (body) => this.onGoodbye(slot, `${hub.host}:${hub.port}`, body, log));
     socket.once('secureConnect', () => {
       tunnel.send({
         type: FrameType.HELLO,
@@ -311,6 +354,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
         tunnel.peerId = frame.body.id;
         slot.lastHubId = frame.body.id;
         slot.ready = true;
+        slot.refusal = null;
         slot.hubStreamWindow = Math.min(frame.body.streamWindow, MAX_STREAM_WINDOW);
         slot.reconnect.reset();
         log.info({ hubId: frame.body.id }, 'tunnel up');
@@ -339,6 +383,11 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       // A tunnel that was up is redialled on the same hub, where its streams can resume.
       if (wasReady) slot.failedDials = 0;
       else this.countFailedDial(slot);
+      // A hub that said goodbye holds none of our streams any more: nothing keeps the slot on it.
+      if (wasReady && tunnel.peerGoodbye !== null) {
+        slot.failedDials = DIALS_BEFORE_NEXT_HUB - 1;
+        this.countFailedDial(slot);
+      }
       // The hub answered TCP, so it is up: whether it dropped us or refused, back off.
       slot.retry = setTimeout(() => this.dial(slot), slot.reconnect.delayMs('refused'));
     });

@@ -18,6 +18,7 @@ export const FrameType = {
   CLOSE: 6,
   PING: 7,
   PONG: 8,
+  GOODBYE: 9,
 } as const;
 export type FrameTypeCode = (typeof FrameType)[keyof typeof FrameType];
 
@@ -86,6 +87,20 @@ export interface PingBody {
   sentAt: number;
 }
 
+/**
+ * Why a side says goodbye. `shutdown`: its process is stopping gracefully.
+ * `identity-in-use`: the hub refuses a tunnel, in place of its HELLO, because
+ * another instance of the agent holds live tunnels. Receivers take a code they
+ * do not know as `shutdown`.
+ */
+export type GoodbyeCode = 'shutdown' | 'identity-in-use';
+
+export interface GoodbyeBody {
+  code: GoodbyeCode | (string & {});
+  /** Human-readable detail, for logs and health. */
+  reason: string;
+}
+
 export type ControlFrame =
   | { type: typeof FrameType.HELLO; streamId: number; body: HelloBody }
   | { type: typeof FrameType.OPEN; streamId: number; body: OpenBody }
@@ -93,7 +108,8 @@ export type ControlFrame =
   | { type: typeof FrameType.RESUME; streamId: number; body: ResumeBody }
   | { type: typeof FrameType.CLOSE; streamId: number; body: CloseBody }
   | { type: typeof FrameType.PING; streamId: number; body: PingBody }
-  | { type: typeof FrameType.PONG; streamId: number; body: PingBody };
+  | { type: typeof FrameType.PONG; streamId: number; body: PingBody }
+  | { type: typeof FrameType.GOODBYE; streamId: number; body: GoodbyeBody };
 
 export type Frame =
   | { type: typeof FrameType.DATA; streamId: number; payload: Buffer }
@@ -175,6 +191,7 @@ const CONTROL_FIELDS: Record<number, Record<string, FieldKind>> = {
   [FrameType.CLOSE]: { reason: 'string', abrupt: 'boolean' },
   [FrameType.PING]: { sentAt: 'number' },
   [FrameType.PONG]: { sentAt: 'number' },
+  [FrameType.GOODBYE]: { code: 'string', reason: 'string' },
 };
 
 export function decodeControlBody(type: number, streamId: number, payload: Buffer): ControlFrame {

@@ -9,6 +9,12 @@ export const TUNNEL_DEFAULTS = {
   /** Tunnel socket buffer above which streams pause their sources. */
   highWaterBytes: 1024 * 1024,
   helloTimeoutMs: 10_000,
+  /**
+   * How long a closing tunnel waits for the peer to read its last frames
+   * (CLOSEs, GOODBYE) and close in turn before the socket is dropped: a
+   * graceful stop stays bounded even when the peer has gone silent.
+   */
+  closeLingerMs: 2_000,
   /** How long a stream outlives its tunnel: devices and broker sessions stay up meanwhile. */
   resumeGraceMs: 60_000,
   /** Per device at the hub: broker output queued behind a device that does not read. */

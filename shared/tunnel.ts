@@ -1,10 +1,21 @@
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import { isEdgemuxError } from './errors.js';
-import { ACK_PAYLOAD_SIZE, type ControlFrame, encodeControlFrame, FRAME_HEADER_SIZE, FrameDecoder, type FrameHandler, FrameType } from './frame-codec.js';
+import {
+  ACK_PAYLOAD_SIZE,
+  type ControlFrame,
+  encodeControlFrame,
+  FRAME_HEADER_SIZE,
+  FrameDecoder,
+  type FrameHandler,
+  FrameType,
+  type GoodbyeBody,
+  type GoodbyeCode,
+} from './frame-codec.js';
 import { FrameWriter } from './frame-writer.js';
 import type { Logger } from './logger.js';
 import type { MuxStream, StreamCarrier } from './mux-stream.js';
+import { TUNNEL_DEFAULTS } from './tunnel-defaults.js';
 
 /**
  * How long a stream's consumption may go unacknowledged when it falls short
@@ -22,6 +33,8 @@ export interface TunnelOptions {
   deadAfterMs: number;
   /** Socket buffer above which the tunnel counts as congested and streams pause their sources. */
   highWaterBytes: number;
+  /** How long a closing tunnel waits for the peer to take its last frames; TUNNEL_DEFAULTS.closeLingerMs when absent. */
+  closeLingerMs?: number;
   log: Logger;
 }
 
@@ -47,6 +60,8 @@ export function addTraffic(into: TunnelTraffic, from: TunnelTraffic): void {
 
 export interface TunnelEvents {
   control: [frame: ControlFrame];
+  /** The peer said GOODBYE; 'closed' follows at once. */
+  goodbye: [body: GoodbyeBody];
   closed: [reason: string];
 }
 
@@ -63,6 +78,10 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   /** The peer's id from its HELLO (agent id or hub id). */
   peerId = '';
   closedReason: string | null = null;
+  /** The peer's GOODBYE, once it said one: the tunnel closed because the peer is going away, not because the network failed. */
+  peerGoodbye: GoodbyeBody | null = null;
+  /** Resolves once the socket is fully closed, after a close() lets the last frames out. */
+  readonly socketClosed: Promise<void>;
   private readonly writer: FrameWriter;
   private readonly decoder: FrameDecoder;
   private readonly drainWaiters = new Set<MuxStream>();
@@ -77,6 +96,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     private readonly options: TunnelOptions,
   ) {
     super();
+    this.socketClosed = new Promise((resolve) => socket.once('close', () => resolve()));
     this.peerMaxFramePayload = options.maxFramePayload;
     this.writer = new FrameWriter(socket);
     this.decoder = new FrameDecoder(options.maxFramePayload);
@@ -155,6 +175,16 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     for (const stream of streams) stream.flushAck();
   }
 
+  /**
+   * Says goodbye (the last frame this side sends on the tunnel) and closes.
+   * Resolves once the peer has had the chance to read everything sent before.
+   */
+  goodbye(code: GoodbyeCode, reason: string): Promise<void> {
+    this.send({ type: FrameType.GOODBYE, streamId: 0, body: { code, reason } });
+    this.close(`said goodbye (${code}): ${reason}`);
+    return this.socketClosed;
+  }
+
   close(reason: string): void {
     if (this.closedReason !== null) return;
     this.closedReason = reason;
@@ -162,12 +192,27 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     if (this.ackTimer !== null) clearTimeout(this.ackTimer);
     this.pendingAcks.clear();
     this.writer.flush();
-    this.socket.destroy();
+    this.endSocket();
     this.drainWaiters.clear();
     this.emit('closed', reason);
   }
 
+  /**
+   * end(), not destroy(): destroy() discards what is still queued in the
+   * socket, which is exactly the CLOSE and GOODBYE frames written last. The
+   * linger timer bounds the wait when the peer never closes its side.
+   */
+  private endSocket(): void {
+    if (this.socket.destroyed) return;
+    const linger = setTimeout(() => this.socket.destroy(), this.options.closeLingerMs ?? TUNNEL_DEFAULTS.closeLingerMs);
+    linger.unref();
+    this.socket.once('close', () => clearTimeout(linger));
+    this.socket.end();
+  }
+
   private onBytes(chunk: Buffer): void {
+    // A closing tunnel still reads until the peer closes, but acts on nothing.
+    if (this.closedReason !== null) return;
     this.lastReceivedAt = Date.now();
     this.traffic.bytesIn += chunk.length;
     try {
@@ -185,6 +230,12 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
       return;
     }
     if (frame.type === FrameType.PONG) return;
+    if (frame.type === FrameType.GOODBYE) {
+      this.peerGoodbye = frame.body;
+      this.emit('goodbye', frame.body);
+      this.close(`peer said goodbye (${frame.body.code}): ${frame.body.reason}`);
+      return;
+    }
     this.emit('control', frame);
   }
 

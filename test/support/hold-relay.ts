@@ -10,6 +10,8 @@ export interface RelayedConnection {
   heldDown: Buffer[];
   heldUp: Buffer[];
   agentGone: boolean;
+  /** The hub's leg was cut by `sever`: the agent's leg stays open and hears nothing more. */
+  severed: boolean;
 }
 
 /**
@@ -25,9 +27,13 @@ export class HoldRelay {
     const relay = new HoldRelay();
     relay.server = net.createServer((agent) => {
       const hub = net.connect(hubPort, '127.0.0.1');
-      const connection: RelayedConnection = { agent, hub, holdDown: false, holdUp: false, heldDown: [], heldUp: [], agentGone: false };
+      const connection: RelayedConnection = { agent, hub, holdDown: false, holdUp: false, heldDown: [], heldUp: [], agentGone: false, severed: false };
       relay.connections.push(connection);
-      agent.on('data', (chunk: Buffer) => (connection.holdUp ? connection.heldUp.push(chunk) : hub.write(chunk)));
+      agent.on('data', (chunk: Buffer) => {
+        if (connection.severed) return;
+        if (connection.holdUp) connection.heldUp.push(chunk);
+        else hub.write(chunk);
+      });
       hub.on('data', (chunk: Buffer) => {
         if (connection.holdDown) connection.heldDown.push(chunk);
         else if (!connection.agentGone) agent.write(chunk);
@@ -38,8 +44,8 @@ export class HoldRelay {
       };
       agent.on('close', agentClosed);
       agent.on('error', agentClosed);
-      hub.on('close', () => agent.destroy());
-      hub.on('error', () => agent.destroy());
+      hub.on('close', () => connection.severed || agent.destroy());
+      hub.on('error', () => connection.severed || agent.destroy());
     });
     await new Promise<void>((resolve) => relay.server.listen(0, '127.0.0.1', () => resolve()));
     relay.port = (relay.server.address() as net.AddressInfo).port;
@@ -51,6 +57,15 @@ export class HoldRelay {
     const found = this.connections.find((connection) => connection.agent.remotePort === localPort);
     if (found === undefined) throw new Error(`no relayed connection from agent port ${localPort}`);
     return found;
+  }
+
+  /**
+   * Cuts the path at the hub's end only: the hub sees its tunnel close, the
+   * agent sees a silent tunnel it still believes in (until its dead-peer limit).
+   */
+  sever(connection: RelayedConnection): void {
+    connection.severed = true;
+    connection.hub.destroy();
   }
 
   /** Delivers what was held; an agent side that closed meanwhile is then closed at the hub too (FIN after the data). */

@@ -125,7 +125,11 @@ const pingFrame: fc.Arbitrary<ControlFrame> = fc
   .record({ type: fc.constantFrom(FrameType.PING, FrameType.PONG), sentAt: count })
   .map(({ type, sentAt }) => ({ type, streamId: 0, body: { sentAt } }) as ControlFrame);
 
-const controlFrame = fc.oneof(helloFrame, openFrame, acceptFrame, resumeFrame, closeFrame, pingFrame);
+const goodbyeFrame: fc.Arbitrary<ControlFrame> = fc
+  .record({ code: fc.oneof(fc.constantFrom('shutdown', 'identity-in-use'), text), reason: text })
+  .map((body) => ({ type: FrameType.GOODBYE, streamId: 0, body }));
+
+const controlFrame = fc.oneof(helloFrame, openFrame, acceptFrame, resumeFrame, closeFrame, pingFrame, goodbyeFrame);
 const anyFrame = fc.oneof(dataFrame, ackFrame, controlFrame);
 const cutPoints = fc.array(fc.nat(), { maxLength: 30 });
 
@@ -138,6 +142,7 @@ const REQUIRED_FIELDS: Record<number, Record<string, 'string' | 'number' | 'bool
   [FrameType.CLOSE]: { reason: 'string', abrupt: 'boolean' },
   [FrameType.PING]: { sentAt: 'number' },
   [FrameType.PONG]: { sentAt: 'number' },
+  [FrameType.GOODBYE]: { code: 'string', reason: 'string' },
 };
 const WRONG_VALUES: Record<'string' | 'number' | 'boolean', unknown[]> = {
   string: [1, true, null, ['a'], { a: 1 }, Buffer.from('id')],
@@ -152,6 +157,7 @@ const VALID_BODIES: Record<number, Record<string, unknown>> = {
   [FrameType.CLOSE]: { reason: 'bye', abrupt: false },
   [FrameType.PING]: { sentAt: 1_700_000_000_000 },
   [FrameType.PONG]: { sentAt: 1_700_000_000_000 },
+  [FrameType.GOODBYE]: { code: 'shutdown', reason: 'agent shutting down' },
 };
 
 // ---- tests ---------------------------------------------------------------
@@ -281,9 +287,16 @@ describe('frame codec: hostile input', () => {
     );
   });
 
+  it('encodes GOODBYE as in docs/protocol.md 14.3', () => {
+    const bytes = encodeFrame({ type: FrameType.GOODBYE, streamId: 0, body: { code: 'shutdown', reason: 'agent shutting down' } });
+    expect(bytes.toString('hex')).toBe(
+      '09' + '00000000' + '0000002c' + 'de0002' + 'a4636f6465' + 'a873687574646f776e' + 'a6726561736f6e' + 'b36167656e74207368757474696e6720646f776e',
+    );
+  });
+
   it('rejects unknown frame types', () => {
     fc.assert(
-      fc.property(fc.integer({ min: FrameType.PONG + 1, max: 255 }), streamId, fc.uint8Array({ maxLength: 20 }), (type, id, payload) => {
+      fc.property(fc.integer({ min: FrameType.GOODBYE + 1, max: 255 }), streamId, fc.uint8Array({ maxLength: 20 }), (type, id, payload) => {
         expect(errorCodeOf(() => decodeFrames(rawFrame(type, id, Buffer.from(payload)), MAX_PAYLOAD))).toBe('E_FRAME_BAD_TYPE');
       }),
       { numRuns: 100 },
