@@ -14,8 +14,10 @@ Usage: cloud-hub [options]
   --hub-id ID          name of this hub (default hub-1)
   --tunnel-host HOST   address for agent tunnels (default 0.0.0.0)
   --tunnel-port PORT   port for agent tunnels, mutual TLS (default 8883)
-  --app-host HOST      address for cloud MQTT applications (default 0.0.0.0)
+  --app-host HOST      address for cloud MQTT applications (default 127.0.0.1; any other address
+                       needs --app-password-file, or allowAnonymous: true in the configuration file)
   --app-port PORT      port for cloud MQTT applications (default 1883)
+  --app-password-file FILE  application user names and passwords, written by mosquitto_passwd
   --ca FILE --cert FILE --key FILE   TLS material (CA of the agents, hub certificate and key)
   --dev-pki DIR        create or reuse a development PKI in DIR instead of --ca/--cert/--key
   --state FILE         SQLite file keeping persistent sessions, retained messages and offline
@@ -33,6 +35,7 @@ runCli(async () => {
       'tunnel-port': { type: 'string' },
       'app-host': { type: 'string' },
       'app-port': { type: 'string' },
+      'app-password-file': { type: 'string' },
       ca: { type: 'string' },
       cert: { type: 'string' },
       key: { type: 'string' },
@@ -58,7 +61,7 @@ runCli(async () => {
       {
         hubId: values['hub-id'],
         tunnel: { host: values['tunnel-host'], port: numberFlag(values['tunnel-port']) },
-        app: { host: values['app-host'], port: numberFlag(values['app-port']) },
+        app: { host: values['app-host'], port: numberFlag(values['app-port']), passwordFile: values['app-password-file'] },
         ...tlsFlags,
         devPki: values['dev-pki'],
         statePath: values.state,
