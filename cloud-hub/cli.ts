@@ -15,9 +15,11 @@ Usage: cloud-hub [options]
   --tunnel-host HOST   address for agent tunnels (default 0.0.0.0)
   --tunnel-port PORT   port for agent tunnels, mutual TLS (default 8883)
   --app-host HOST      address for cloud MQTT applications (default 127.0.0.1; any other address
-                       needs --app-password-file, or allowAnonymous: true in the configuration file)
+                       needs --app-password-file or --app-allow-anonymous)
   --app-port PORT      port for cloud MQTT applications (default 1883)
   --app-password-file FILE  application user names and passwords, written by mosquitto_passwd
+  --app-allow-anonymous     let applications in without credentials on any address: anyone who
+                       reaches the port reads and publishes every topic
   --ca FILE --cert FILE --key FILE   TLS material (CA of the agents, hub certificate and key)
   --dev-pki DIR        create or reuse a development PKI in DIR instead of --ca/--cert/--key
   --state FILE         SQLite file keeping persistent sessions, retained messages and offline
@@ -36,6 +38,7 @@ runCli(async () => {
       'app-host': { type: 'string' },
       'app-port': { type: 'string' },
       'app-password-file': { type: 'string' },
+      'app-allow-anonymous': { type: 'boolean' },
       ca: { type: 'string' },
       cert: { type: 'string' },
       key: { type: 'string' },
@@ -61,7 +64,7 @@ runCli(async () => {
       {
         hubId: values['hub-id'],
         tunnel: { host: values['tunnel-host'], port: numberFlag(values['tunnel-port']) },
-        app: { host: values['app-host'], port: numberFlag(values['app-port']), passwordFile: values['app-password-file'] },
+        app: { host: values['app-host'], port: numberFlag(values['app-port']), passwordFile: values['app-password-file'], allowAnonymous: values['app-allow-anonymous'] },
         ...tlsFlags,
         devPki: values['dev-pki'],
         statePath: values.state,

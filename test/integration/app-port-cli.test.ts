@@ -67,6 +67,17 @@ describe('cloud-hub app port as started from the command line', () => {
     await stop(hub.child);
   });
 
+  it('beyond loopback without credentials only when --app-allow-anonymous says so', async () => {
+    const appPort = await freePort();
+    const hub = startHub([
+      '--tunnel-host', '127.0.0.1', '--tunnel-port', String(await freePort()), '--app-host', '0.0.0.0', '--app-port', String(appPort), '--app-allow-anonymous',
+    ]);
+    await eventually(() => hub.output().includes('hub listening'), 15_000, 'hub to listen');
+    const anonymous = spawnSync('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(appPort), '-t', 'open/door', '-m', 'x'], { encoding: 'utf8', timeout: 10_000 });
+    expect(anonymous.status).toBe(0);
+    await stop(hub.child);
+  });
+
   it('beyond loopback with a mosquitto_passwd file: mosquitto_pub/sub need the password, which never reaches the logs', async () => {
     const passwords = join(dir, 'passwords');
     const secret = 'tr0ub4dor&3';
