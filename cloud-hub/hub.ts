@@ -8,7 +8,7 @@ import { MuxStream } from '../shared/mux-stream.js';
 import { Tunnel } from '../shared/tunnel.js';
 import { EdgemuxError } from '../shared/errors.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
-import { AppAccess, anonymousAccess } from './app-access.js';
+import { AppAccess, anonymousAccess, isLoopbackHost } from './app-access.js';
 import { BrokerPipe } from './broker-pipe.js';
 import { DeviceSession, type SessionStream } from './device-session.js';
 import { type EmbeddedBroker, startEmbeddedBroker } from './embedded-broker.js';
@@ -125,6 +125,9 @@ export class CloudHub {
     const anonymous = anonymousAccess({ host: options.appHost, passwordFile: passwords !== null, allowAnonymous: options.appAllowAnonymous });
     if ('problem' in anonymous) {
       throw new EdgemuxError('E_CONFIG', `app.${anonymous.key}: ${anonymous.problem} (got ${JSON.stringify(anonymous.key === 'host' ? options.appHost : options.appAllowAnonymous)})`);
+    }
+    if (anonymous.allow && !isLoopbackHost(options.appHost)) {
+      options.log.warn({ app: { host: options.appHost, port: options.appPort } }, 'application port open without credentials to anyone who reaches it');
     }
     let hub: CloudHub | null = null;
     const appAccess = new AppAccess({

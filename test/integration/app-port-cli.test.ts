@@ -75,6 +75,7 @@ describe('cloud-hub app port as started from the command line', () => {
     await eventually(() => hub.output().includes('hub listening'), 15_000, 'hub to listen');
     const anonymous = spawnSync('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(appPort), '-t', 'open/door', '-m', 'x'], { encoding: 'utf8', timeout: 10_000 });
     expect(anonymous.status).toBe(0);
+    expect(hub.output()).toContain('application port open without credentials to anyone who reaches it');
     await stop(hub.child);
   });
 
