@@ -2,11 +2,11 @@ import type { AddressInfo } from 'node:net';
 import tls from 'node:tls';
 import type { Aedes } from 'aedes';
 import { type RefusalKind, refusalConnack } from '../shared/connack.js';
+import { EdgemuxError } from '../shared/errors.js';
 import { type ControlFrame, FrameType, type OpenBody, PROTOCOL_VERSION, type ResumeBody } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import { Tunnel } from '../shared/tunnel.js';
-import { EdgemuxError } from '../shared/errors.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 import { AppAccess, anonymousAccess, isLoopbackHost } from './app-access.js';
 import { BrokerPipe } from './broker-pipe.js';
@@ -118,9 +118,6 @@ export class CloudHub {
   }
 
   static async start(options: HubOptions): Promise<CloudHub> {
-    const persistence = options.statePath !== undefined ? new SqlitePersistence({ path: options.statePath }) : undefined;
-    // Before the app port opens, so an application is checked against devices known from earlier runs.
-    const registry = persistence !== undefined ? new Registry(persistence.db) : null;
     const passwords = options.appPasswords ?? null;
     const anonymous = anonymousAccess({ host: options.appHost, passwordFile: passwords !== null, allowAnonymous: options.appAllowAnonymous });
     if ('problem' in anonymous) {
@@ -129,6 +126,9 @@ export class CloudHub {
     if (anonymous.allow && !isLoopbackHost(options.appHost)) {
       options.log.warn({ app: { host: options.appHost, port: options.appPort } }, 'application port open without credentials to anyone who reaches it');
     }
+    const persistence = options.statePath !== undefined ? new SqlitePersistence({ path: options.statePath }) : undefined;
+    // Before the app port opens, so an application is checked against devices known from earlier runs.
+    const registry = persistence !== undefined ? new Registry(persistence.db) : null;
     let hub: CloudHub | null = null;
     const appAccess = new AppAccess({
       passwords,
