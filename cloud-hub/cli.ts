@@ -17,8 +17,12 @@ Usage: cloud-hub [options]
   --hub-id ID          name of this hub (default hub-1)
   --tunnel-host HOST   address for agent tunnels (default 0.0.0.0)
   --tunnel-port PORT   port for agent tunnels, mutual TLS (default 8883)
-  --app-host HOST      address for cloud MQTT applications (default 0.0.0.0)
+  --app-host HOST      address for cloud MQTT applications (default 127.0.0.1; any other address
+                       needs --app-password-file or --app-allow-anonymous)
   --app-port PORT      port for cloud MQTT applications (default 1883)
+  --app-password-file FILE  application user names and passwords, written by mosquitto_passwd
+  --app-allow-anonymous     let applications in without credentials on any address: anyone who
+                       reaches the port reads and publishes every topic
   --ca FILE --cert FILE --key FILE   TLS material (CA of the agents, hub certificate and key)
   --dev-pki DIR        create or reuse a development PKI in DIR instead of --ca/--cert/--key
   --state FILE         SQLite file keeping persistent sessions, retained messages and offline
@@ -40,6 +44,8 @@ runCli(async () => {
       'tunnel-port': { type: 'string' },
       'app-host': { type: 'string' },
       'app-port': { type: 'string' },
+      'app-password-file': { type: 'string' },
+      'app-allow-anonymous': { type: 'boolean' },
       ca: { type: 'string' },
       cert: { type: 'string' },
       key: { type: 'string' },
@@ -67,7 +73,12 @@ runCli(async () => {
         {
           hubId: values['hub-id'],
           tunnel: { host: values['tunnel-host'], port: numberFlag(values['tunnel-port']) },
-          app: { host: values['app-host'], port: numberFlag(values['app-port']) },
+          app: {
+            host: values['app-host'],
+            port: numberFlag(values['app-port']),
+            passwordFile: values['app-password-file'],
+            allowAnonymous: values['app-allow-anonymous'],
+          },
           ...tlsFlags,
           devPki: values['dev-pki'],
           statePath: values.state,

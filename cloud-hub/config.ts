@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
+import { anonymousAccess } from './app-access.js';
 
 const port = z.number().int().min(0).max(65535);
 
@@ -32,7 +33,23 @@ export type RouteConfig = z.output<typeof routeSchema>;
 export const hubConfigSchema = z.strictObject({
   hubId: z.string().min(1).default('hub-1'),
   tunnel: z.strictObject({ host: z.string().default('0.0.0.0'), port: port.default(8883) }).prefault({}),
-  app: z.strictObject({ host: z.string().default('0.0.0.0'), port: port.default(1883) }).prefault({}),
+  /** The embedded broker's MQTT listener for cloud applications: loopback only unless configured, as Mosquitto 2.x. */
+  app: z
+    .strictObject({
+      host: z.string().min(1).default('127.0.0.1'),
+      port: port.default(1883),
+      /** Application credentials in the mosquitto_passwd format; required to listen beyond loopback. */
+      passwordFile: z.string().min(1).optional(),
+      /** Clients without credentials: by default allowed on loopback without a password file, refused otherwise. */
+      allowAnonymous: z.boolean().optional(),
+      /** Largest packet an application may send, checked at its fixed header before any of it is buffered. */
+      maxPacketSize: z.number().int().min(1024).max(268_435_460).default(TUNNEL_DEFAULTS.maxFramePayload),
+    })
+    .superRefine((app, ctx) => {
+      const anonymous = anonymousAccess({ host: app.host, passwordFile: app.passwordFile !== undefined, allowAnonymous: app.allowAnonymous });
+      if ('problem' in anonymous) ctx.addIssue({ code: 'custom', path: [anonymous.key], message: anonymous.problem });
+    })
+    .prefault({}),
   tls: z
     .strictObject({
       ca: z.string().min(1, 'path to the CA certificate that signs agent certificates'),

@@ -1,6 +1,11 @@
 import net from 'node:net';
-import { Aedes } from 'aedes';
+import { Aedes, type AuthenticateError, type Client } from 'aedes';
+import { EdgemuxError } from '../shared/errors.js';
+import { type Logger, quietLogger } from '../shared/logger.js';
+import { PacketSizeGauge } from '../shared/mqtt-framing.js';
 import { SocketBatcher } from '../shared/socket-batcher.js';
+import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
+import { AppAccess, AppRefusalCode, anonymousAccess } from './app-access.js';
 import type { SqlitePersistence } from './sqlite-persistence.js';
 
 export interface EmbeddedBroker {
@@ -16,9 +21,25 @@ const MAX_CLIENT_ID_LENGTH = 256;
 export async function startEmbeddedBroker(options: {
   appHost: string;
   appPort: number;
+  /**
+   * Who may connect on the application port. Without it: anonymous clients on
+   * loopback, and start-up refused on any other address.
+   */
+  appAccess?: AppAccess;
+  /** Largest packet an application may send, checked at its fixed header. */
+  appMaxPacketSize?: number;
   /** Durable sessions, retained messages and offline queues; in memory when absent. */
   persistence?: SqlitePersistence;
+  log?: Logger;
 }): Promise<EmbeddedBroker> {
+  const log = options.log ?? quietLogger('embedded-broker');
+  const access = options.appAccess ?? defaultAccess(options.appHost);
+  const maxPacketSize = options.appMaxPacketSize ?? TUNNEL_DEFAULTS.maxFramePayload;
+  // Devices reach the broker through BrokerPipes the hub hands over after
+  // their agent's mutual TLS and namespace checks; only these sockets are
+  // strangers that must prove who they are. The set also lets a stop end
+  // them: server.close() would wait for the longest-connected application.
+  const appSockets = new Set<net.Socket>();
   const broker = await Aedes.createBroker({
     maxClientsIdLength: MAX_CLIENT_ID_LENGTH,
     // aedes' default of 100 messages in flight queues the rest in mqemitter,
@@ -28,17 +49,30 @@ export async function startEmbeddedBroker(options: {
     // before aedes reads its next packet, so in-flight work stays bounded by
     // the number of sessions.
     concurrency: 0,
+    authenticate: (client, username, password, done) => {
+      if (!appSockets.has(client.conn as net.Socket)) {
+        done(null, true);
+        return;
+      }
+      const refuse = (returnCode: number, reason: string): void => {
+        log.info({ clientId: client.id, username, remote: remoteOf(client), reason }, 'application refused');
+        done(Object.assign(new Error(reason), { returnCode }) as AuthenticateError, false);
+      };
+      access.admit(client.id, username, password).then(
+        (refusal) => (refusal === null ? done(null, true) : refuse(refusal.returnCode, refusal.reason)),
+        (err: unknown) => refuse(AppRefusalCode.SERVER_UNAVAILABLE, `cannot check the client: ${(err as Error).message}`),
+      );
+    },
     ...(options.persistence !== undefined ? { persistence: options.persistence } : {}),
   });
+  keepClientIdsOutOfSys(broker);
   // aedes writes every delivery with its own writev: a cloud application
   // subscribed to a fleet would cost the hub one syscall per message.
   const appWrites = new SocketBatcher();
-  // server.close() waits for every open connection: the hub keeps them so a
-  // stop does not last as long as the longest-connected application.
-  const appSockets = new Set<net.Socket>();
   const appServer = net.createServer((socket) => {
     appSockets.add(socket);
     socket.once('close', () => appSockets.delete(socket));
+    limitPacketSize(socket, maxPacketSize, log);
     appWrites.gather(socket);
     broker.handle(socket);
   });
@@ -63,4 +97,58 @@ export async function startEmbeddedBroker(options: {
       options.persistence?.close();
     },
   };
+}
+
+function defaultAccess(host: string): AppAccess {
+  const anonymous = anonymousAccess({ host, passwordFile: false, allowAnonymous: undefined });
+  if (!('allow' in anonymous)) throw new EdgemuxError('E_CONFIG', `app.${anonymous.key}: ${anonymous.problem} (got ${JSON.stringify(host)})`);
+  return new AppAccess({ passwords: null, allowAnonymous: anonymous.allow, isDeviceClientId: () => false });
+}
+
+function remoteOf(client: Client): string | undefined {
+  return (client.conn as Partial<net.Socket>).remoteAddress;
+}
+
+/**
+ * Checks each packet's size at its fixed header as bytes arrive, before aedes'
+ * parser sees them: that parser buffers a whole packet whatever its announced
+ * length, so one connection could otherwise hold up to 256 MiB, before CONNECT
+ * and without credentials. Bytes are checked where the socket hands them to its
+ * readable buffer, so an oversized packet's body is never buffered at all.
+ */
+function limitPacketSize(socket: net.Socket, maxPacketSize: number, log: Logger): void {
+  const gauge = new PacketSizeGauge(maxPacketSize);
+  const push = socket.push;
+  socket.push = function checkedPush(this: net.Socket, chunk: unknown, encoding?: BufferEncoding): boolean {
+    if (Buffer.isBuffer(chunk)) {
+      try {
+        gauge.check(chunk);
+      } catch (err) {
+        log.warn({ remote: socket.remoteAddress, reason: (err as Error).message }, 'application connection closed');
+        socket.destroy();
+        return false;
+      }
+    }
+    return push.call(this, chunk, encoding);
+  };
+}
+
+/**
+ * aedes announces every connect, disconnect, subscribe and unsubscribe on
+ * `$SYS/<broker id>/...` with the client's ID in it: any application could
+ * list the fleet's client IDs by subscribing. Only the broker's own heartbeat
+ * and birth are kept, which name no client (aedes needs its heartbeat to know
+ * its own wills are not orphaned).
+ */
+function keepClientIdsOutOfSys(broker: Aedes): void {
+  const kept = new Set([`$SYS/${broker.id}/heartbeat`, `$SYS/${broker.id}/birth`]);
+  const publish = broker.publish;
+  broker.publish = function publishWithoutClientIds(this: Aedes, packet, ...rest: unknown[]): void {
+    if (packet.topic.charCodeAt(0) === 0x24 /* $ */ && packet.topic.startsWith('$SYS/') && !kept.has(packet.topic)) {
+      const done = rest.find((arg) => typeof arg === 'function') as ((err?: Error) => void) | undefined;
+      done?.();
+      return;
+    }
+    (publish as (...args: unknown[]) => void).call(this, packet, ...rest);
+  } as Aedes['publish'];
 }

@@ -2,14 +2,17 @@ import type { AddressInfo } from 'node:net';
 import tls from 'node:tls';
 import type { Aedes } from 'aedes';
 import { type RefusalKind, refusalConnack } from '../shared/connack.js';
+import { EdgemuxError } from '../shared/errors.js';
 import { type ControlFrame, FrameType, type OpenBody, PROTOCOL_VERSION, type ResumeBody } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import { Tunnel } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
+import { AppAccess, anonymousAccess, isLoopbackHost } from './app-access.js';
 import { BrokerPipe } from './broker-pipe.js';
 import { DeviceSession, type SessionStream } from './device-session.js';
 import { type EmbeddedBroker, startEmbeddedBroker } from './embedded-broker.js';
+import type { PasswordFile } from './password-file.js';
 import { Registry } from './registry.js';
 import { SqlitePersistence } from './sqlite-persistence.js';
 import { Namespaces, type NamespaceRule, type Route, Router } from './routes.js';
@@ -19,6 +22,12 @@ export interface HubOptions {
   tunnelPort: number;
   appHost: string;
   appPort: number;
+  /** Application credentials; without them, only anonymous applications (see appAllowAnonymous). */
+  appPasswords?: PasswordFile | null;
+  /** Unset: anonymous applications on a loopback app port without passwords, and start-up refused on any other address. */
+  appAllowAnonymous?: boolean;
+  /** Largest packet an application may send; the tunnel's maxPacketSize when unset. */
+  appMaxPacketSize?: number;
   tls: { ca: string; cert: string; key: string };
   hubId: string;
   streamWindow: number;
@@ -92,6 +101,8 @@ export class CloudHub {
   private namespaces: Namespaces;
   private droppedQos0OfClosedSessions = 0;
   private readonly sessionsByClientId = new Map<string, DeviceSession>();
+  /** Without a registry: every client ID a device has used on this hub, which no application may take. */
+  private readonly deviceClientIds = new Set<string>();
   private readonly reportedTraffic = new WeakMap<DeviceSession, DeviceSession['traffic']>();
   private readonly agents = new Map<string, AgentRecord>();
   private readonly tunnels = new Set<Tunnel>();
@@ -127,9 +138,31 @@ export class CloudHub {
   }
 
   static async start(options: HubOptions): Promise<CloudHub> {
+    const passwords = options.appPasswords ?? null;
+    const anonymous = anonymousAccess({ host: options.appHost, passwordFile: passwords !== null, allowAnonymous: options.appAllowAnonymous });
+    if ('problem' in anonymous) {
+      throw new EdgemuxError('E_CONFIG', `app.${anonymous.key}: ${anonymous.problem} (got ${JSON.stringify(anonymous.key === 'host' ? options.appHost : options.appAllowAnonymous)})`);
+    }
+    if (anonymous.allow && !isLoopbackHost(options.appHost)) {
+      options.log.warn({ app: { host: options.appHost, port: options.appPort } }, 'application port open without credentials to anyone who reaches it');
+    }
     const persistence = options.statePath !== undefined ? new SqlitePersistence({ path: options.statePath }) : undefined;
-    const embedded = await startEmbeddedBroker({ appHost: options.appHost, appPort: options.appPort, persistence });
+    // Before the app port opens, so an application is checked against devices known from earlier runs.
     const registry = persistence !== undefined ? new Registry(persistence.db) : null;
+    let hub: CloudHub | null = null;
+    const appAccess = new AppAccess({
+      passwords,
+      allowAnonymous: anonymous.allow,
+      isDeviceClientId: (clientId) => (hub !== null ? hub.isDeviceClientId(clientId) : (registry?.knowsDevice(clientId) ?? false)),
+    });
+    const embedded = await startEmbeddedBroker({
+      appHost: options.appHost,
+      appPort: options.appPort,
+      appAccess,
+      appMaxPacketSize: options.appMaxPacketSize ?? options.maxPacketSize,
+      persistence,
+      log: options.log,
+    });
     const tunnelServer = tls.createServer({ ...tunnelContext(options.tls), requestCert: true, rejectUnauthorized: true });
     await new Promise<void>((resolve, reject) => {
       tunnelServer.once('error', reject);
@@ -138,7 +171,7 @@ export class CloudHub {
         resolve();
       });
     });
-    const hub = new CloudHub(options, embedded, tunnelServer, registry);
+    hub = new CloudHub(options, embedded, tunnelServer, registry);
     options.log.info({ tunnel: hub.tunnelAddress, app: hub.appAddress }, 'hub listening');
     return hub;
   }
@@ -149,6 +182,12 @@ export class CloudHub {
 
   get appAddress(): AddressInfo {
     return this.embedded.appServer.address() as AddressInfo;
+  }
+
+  /** A client ID a device uses now or has used through a tunnel (recorded in the registry when there is one). */
+  isDeviceClientId(clientId: string): boolean {
+    if (this.sessionsByClientId.has(clientId)) return true;
+    return this.registry !== null ? this.registry.knowsDevice(clientId) : this.deviceClientIds.has(clientId);
   }
 
   stats(): HubStats {
@@ -431,6 +470,7 @@ export class CloudHub {
     this.sessions.add(session);
     this.sessionsByClientId.set(open.clientId, session);
     this.registry?.deviceConnected(open.clientId, record.agentId);
+    if (this.registry === null) this.deviceClientIds.add(open.clientId);
     if (backend.kind === 'embedded') {
       session.connectBroker((owner) => {
         const pipe = new BrokerPipe(owner);

@@ -5,17 +5,22 @@ import type { Logger } from '../shared/logger.js';
 import type { HubConfig, RouteConfig } from './config.js';
 import { type ExternalBrokerEndpoint, ExternalBrokerGroup } from './external-broker.js';
 import { CloudHub } from './hub.js';
+import { PasswordFile } from './password-file.js';
 import type { Route } from './routes.js';
 
 /** Starts a hub from validated configuration. */
 export async function startHub(config: HubConfig, log: Logger = createLogger('cloud-hub', config.logLevel)): Promise<CloudHub> {
   const tls = await hubTlsMaterial(config);
+  const appPasswords = config.app.passwordFile === undefined ? null : PasswordFile.read(config.app.passwordFile, 'app.passwordFile');
   return CloudHub.start({
     hubId: config.hubId,
     tunnelHost: config.tunnel.host,
     tunnelPort: config.tunnel.port,
     appHost: config.app.host,
     appPort: config.app.port,
+    appPasswords,
+    appAllowAnonymous: config.app.allowAnonymous,
+    appMaxPacketSize: config.app.maxPacketSize,
     tls,
     streamWindow: config.streamWindow,
     maxPacketSize: config.maxPacketSize,

@@ -154,6 +154,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   readonly #upsertDevice: Database.Statement<[DeviceParams]>;
   readonly #selectAgents: Database.Statement<[], AgentRow>;
   readonly #selectDevices: Database.Statement<[], DeviceRow>;
+  readonly #selectDeviceKnown: Database.Statement<[string], { known: 1 }>;
   readonly #writeChanges: (at: number) => void;
   #closed = false;
   #flushes = 0;
@@ -200,6 +201,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     );
     this.#selectAgents = this.db.prepare('SELECT * FROM agents ORDER BY agent_id');
     this.#selectDevices = this.db.prepare('SELECT * FROM devices ORDER BY client_id');
+    this.#selectDeviceKnown = this.db.prepare('SELECT 1 AS known FROM devices WHERE client_id = ?');
     this.#writeChanges = this.db.transaction((at: number) => {
       for (const change of this.#agentChanges.values()) this.#upsertAgent.run(change);
       for (const change of this.#deviceChanges.values()) this.#upsertDevice.run(deviceParams(change, at));
@@ -270,6 +272,12 @@ export class Registry extends EventEmitter<RegistryEvents> {
   devices(): DeviceRow[] {
     this.flush();
     return this.#selectDevices.all();
+  }
+
+  /** Whether a device with this client ID was ever seen, including changes not yet written. */
+  knowsDevice(clientId: string): boolean {
+    this.#assertOpen();
+    return this.#deviceChanges.has(clientId) || this.#selectDeviceKnown.get(clientId) !== undefined;
   }
 
   /** Writes pending changes in one transaction; on failure they stay pending for the next attempt. */

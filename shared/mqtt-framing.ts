@@ -85,3 +85,55 @@ export class MqttFramer extends UnitSplitter {
     return wholePacketSize(buf, offset, this.maxPacketSize);
   }
 }
+
+/**
+ * Follows packet boundaries in a byte stream that someone else parses, and
+ * throws as soon as a fixed header announces a packet over `maxPacketSize`
+ * (or a remaining length past four bytes, §2.2.3). It holds no bytes: bodies
+ * are only counted, so a peer that announces 250 MiB is caught at its header,
+ * before anything downstream starts buffering the body.
+ */
+export class PacketSizeGauge {
+  /** Body bytes of the current packet still to come. */
+  private bodyLeft = 0;
+  /** Header bytes of the next packet seen so far; 0 at a packet boundary. */
+  private headerBytes = 0;
+  private remaining = 0;
+  private multiplier = 1;
+
+  constructor(private readonly maxPacketSize: number) {}
+
+  check(chunk: Buffer): void {
+    let at = 0;
+    while (at < chunk.length) {
+      if (this.bodyLeft > 0) {
+        const skip = Math.min(this.bodyLeft, chunk.length - at);
+        this.bodyLeft -= skip;
+        at += skip;
+        continue;
+      }
+      const byte = chunk[at++];
+      if (this.headerBytes === 0) {
+        this.headerBytes = 1;
+        this.remaining = 0;
+        this.multiplier = 1;
+        continue;
+      }
+      this.headerBytes++;
+      this.remaining += (byte & 0x7f) * this.multiplier;
+      if ((byte & 0x80) === 0) {
+        const size = this.headerBytes + this.remaining;
+        if (size > this.maxPacketSize) {
+          throw new EdgemuxError('E_MQTT_PACKET_TOO_LARGE', `packet of ${size} bytes exceeds the maximum of ${this.maxPacketSize}`);
+        }
+        this.bodyLeft = this.remaining;
+        this.headerBytes = 0;
+        continue;
+      }
+      if (this.headerBytes === 5) {
+        throw new EdgemuxError('E_MQTT_BAD_REMAINING_LENGTH', 'remaining length runs past four bytes');
+      }
+      this.multiplier *= 128;
+    }
+  }
+}

@@ -10,7 +10,7 @@ import { EdgeAgent } from '../../edge-agent/agent.js';
 import { quietLogger } from '../../shared/logger.js';
 import { agentOptions, connectClient, eventually, hubOptions, removePki, testPki } from '../support/chain.js';
 import { HoldRelay } from '../support/hold-relay.js';
-import { freePort, Mosquitto } from '../support/mosquitto.js';
+import { freePort, itWithMosquitto, Mosquitto } from '../support/mosquitto.js';
 
 const repo = resolve(import.meta.dirname, '../..');
 /** Far longer than any test here waits: a session can only end in time because of the goodbye. */
@@ -51,7 +51,7 @@ describe('a graceful stop says goodbye', () => {
     await removePki();
   });
 
-  it('SIGTERM on the agent ends its sessions at the hub at once: wills published, MQTT 5 devices told 0x8B', async () => {
+  itWithMosquitto('SIGTERM on the agent ends its sessions at the hub at once: wills published, MQTT 5 devices told 0x8B', async () => {
     const mosquitto = await Mosquitto.start();
     cleanups.push(() => mosquitto.remove());
     const { dir, pki } = await testPki();
@@ -130,7 +130,7 @@ describe('a graceful stop says goodbye', () => {
     await stopping;
   });
 
-  it('a hub that stops gracefully makes agents close its devices at once, MQTT 5 devices with 0x8B', async () => {
+  itWithMosquitto('a hub that stops gracefully makes agents close its devices at once, MQTT 5 devices with 0x8B', async () => {
     const mosquitto = await Mosquitto.start();
     cleanups.push(() => mosquitto.remove());
     const { pki } = await testPki();

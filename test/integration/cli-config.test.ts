@@ -62,6 +62,39 @@ describe('a bad configuration stops start-up with a message naming the key', () 
     expect(stderr).toContain(`config file ${config} is not valid YAML`);
   });
 
+  it('cloud-hub: an app port beyond loopback without authentication stops start-up', () => {
+    const { status, stderr, stdout } = runCli('dist/cloud-hub/cli.js', ['--dev-pki', join(dir, 'pki'), '--app-host', '0.0.0.0']);
+    expect(status).toBe(2);
+    expect(stdout).toBe('');
+    expect(stderr).toMatch(/app\.host: the application port listens beyond loopback without authentication: set app\.passwordFile .*\(got "0\.0\.0\.0"\)/);
+  });
+
+  it('cloud-hub: allowAnonymous false with no password file would refuse everyone and is named', () => {
+    const config = configFile('closed.yaml', ['devPki: ' + join(dir, 'pki'), 'app: { allowAnonymous: false }', ''].join('\n'));
+    const { status, stderr } = runCli('dist/cloud-hub/cli.js', ['--config', config]);
+    expect(status).toBe(2);
+    expect(stderr).toMatch(/app\.allowAnonymous: false with no passwordFile refuses every application.*\(got false\)/);
+  });
+
+  it('cloud-hub: a missing or malformed password file is named by its key and line, without echoing a hash', () => {
+    const missing = join(dir, 'no-passwords');
+    const absent = runCli('dist/cloud-hub/cli.js', ['--dev-pki', join(dir, 'pki'), '--app-password-file', missing]);
+    expect(absent.status).toBe(2);
+    expect(absent.stderr).toContain(`app.passwordFile: cannot read ${missing} (ENOENT)`);
+
+    const file = configFile('passwords', ['# operators', 'ops:$7$101$c2FsdHNhbHQ=$aGFzaA==', 'plain:hunter2', ''].join('\n'));
+    const malformed = runCli('dist/cloud-hub/cli.js', ['--dev-pki', join(dir, 'pki'), '--app-password-file', file]);
+    expect(malformed.status).toBe(2);
+    expect(malformed.stderr).toMatch(new RegExp(`app\\.passwordFile: ${file} line 2: user "ops": a \\$7\\$ hash must be 64 bytes \\(got 4\\)`));
+    expect(malformed.stderr).not.toMatch(/\n\s+at /);
+
+    const plain = configFile('plain-passwords', ['plain:hunter2', ''].join('\n'));
+    const plainText = runCli('dist/cloud-hub/cli.js', ['--dev-pki', join(dir, 'pki'), '--app-password-file', plain]);
+    expect(plainText.status).toBe(2);
+    expect(plainText.stderr).toContain('line 1: user "plain": expected a hashed password');
+    expect(plainText.stderr).not.toContain('hunter2');
+  });
+
   it('cloud-hub: a missing certificate file is named by its key', () => {
     const missing = join(dir, 'nope.pem');
     const { status, stderr } = runCli('dist/cloud-hub/cli.js', ['--ca', missing, '--cert', missing, '--key', missing]);

@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { EdgeAgent } from '../../edge-agent/agent.js';
 import { agentOptions, connectClient, eventually, removePki, testPki } from '../support/chain.js';
 import { HubProcess } from '../support/hub-process.js';
+import { itWithMosquitto } from '../support/mosquitto.js';
 
 /** Docker waits 10 s and systemd 90 s before SIGKILL; a stop should need a small part of that. */
 const STOP_BOUND_MS = 3000;
@@ -18,7 +19,7 @@ describe('cloud-hub stops on SIGTERM', () => {
     await removePki();
   });
 
-  it('with an application connected: closes it, flushes its state file and exits 0 within a bound', async () => {
+  itWithMosquitto('with an application connected: closes it, flushes its state file and exits 0 within a bound', async () => {
     const { dir: pkiDir, pki } = await testPki();
     const stateDir = mkdtempSync(join(tmpdir(), 'edgemux-hub-stop-'));
     cleanups.push(async () => rmSync(stateDir, { recursive: true, force: true }));

@@ -32,18 +32,19 @@ function findExecutable(name: string): string | null {
 
 const mosquittoBinary = findExecutable('mosquitto');
 const mosquittoPasswdBinary = findExecutable('mosquitto_passwd');
+const clientBinaries = ['mosquitto_pub', 'mosquitto_sub'].filter((name) => findExecutable(name) === null);
 
 /** Set by CI, where a skipped Mosquitto test would hide a broken install. */
 export const MOSQUITTO_REQUIRED = process.env.EDGEMUX_REQUIRE_MOSQUITTO === '1';
 
-export const mosquittoAvailable = mosquittoBinary !== null && mosquittoPasswdBinary !== null;
+export const mosquittoAvailable = mosquittoBinary !== null && mosquittoPasswdBinary !== null && clientBinaries.length === 0;
 
 let skipNoticeShown = false;
 
 /** True when Mosquitto tests may run; otherwise says once how to enable them, or fails where CI demands them. */
 function mosquittoReady(): boolean {
   if (mosquittoAvailable) return true;
-  const missing = mosquittoBinary === null ? 'mosquitto' : 'mosquitto_passwd';
+  const missing = mosquittoBinary === null ? 'mosquitto' : mosquittoPasswdBinary === null ? 'mosquitto_passwd' : clientBinaries.join(', ');
   if (MOSQUITTO_REQUIRED) {
     throw new Error(`EDGEMUX_REQUIRE_MOSQUITTO=1 but ${missing} was not found on PATH or in /usr/sbin`);
   }

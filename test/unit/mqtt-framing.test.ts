@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import mqttPacket, { type Packet } from 'mqtt-packet';
 import { describe, expect, it } from 'vitest';
 import { type EdgemuxErrorCode, isEdgemuxError } from '../../shared/errors.js';
-import { MAX_REMAINING_LENGTH, MqttFramer, PINGREQ_BYTES, PINGRESP_BYTES, wholePacketSize } from '../../shared/mqtt-framing.js';
+import { MAX_REMAINING_LENGTH, MqttFramer, PacketSizeGauge, PINGREQ_BYTES, PINGRESP_BYTES, wholePacketSize } from '../../shared/mqtt-framing.js';
 
 const MAX_PACKET = 1024 * 1024;
 
@@ -297,5 +297,43 @@ describe('MqttFramer: hostile input', () => {
       }),
       { numRuns: 300 },
     );
+  });
+});
+
+describe('PacketSizeGauge: packet sizes checked at the header in a stream it does not hold', () => {
+  function gauge(chunks: Buffer[], max: number): EdgemuxErrorCode | 'no error' | 'not an EdgemuxError' {
+    const meter = new PacketSizeGauge(max);
+    return errorCodeOf(() => {
+      for (const chunk of chunks) meter.check(chunk);
+    });
+  }
+
+  it('agrees with the framer on every stream and every chunking: accepted, too large, or a bad length', () => {
+    fc.assert(
+      fc.property(packetStream, cutPoints, fc.integer({ min: 2, max: 20_000 }), (packets, cuts, max) => {
+        const stream = Buffer.concat(packets);
+        const framed = errorCodeOf(() => frame(splitAt(stream, cuts), max));
+        expect(gauge(splitAt(stream, cuts), max)).toBe(framed);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('refuses a 250 MiB header on its last length byte, before any body, even split byte by byte', () => {
+    const header = Buffer.concat([Buffer.from([0x30]), encodeRemainingLength(250 * 1024 * 1024)]);
+    const meter = new PacketSizeGauge(MAX_PACKET);
+    for (let i = 0; i < header.length - 1; i++) meter.check(header.subarray(i, i + 1));
+    expect(errorCodeOf(() => meter.check(header.subarray(header.length - 1)))).toBe('E_MQTT_PACKET_TOO_LARGE');
+  });
+
+  it('passes a packet of exactly the limit and refuses one byte more, after good packets in the same chunk', () => {
+    const max = 1000;
+    const good = [rawPacket(0xc0, Buffer.alloc(0)), rawPacket(0x30, Buffer.alloc(997))];
+    expect(gauge([Buffer.concat(good)], max)).toBe('no error');
+    expect(gauge([Buffer.concat([...good, rawPacket(0x30, Buffer.alloc(998)).subarray(0, 3)])], max)).toBe('E_MQTT_PACKET_TOO_LARGE');
+  });
+
+  it('refuses a remaining length with a fifth length byte', () => {
+    expect(gauge([Buffer.from([0x30, 0x80, 0x80, 0x80, 0x80, 0x01])], MAX_REMAINING_LENGTH + 5)).toBe('E_MQTT_BAD_REMAINING_LENGTH');
   });
 });
