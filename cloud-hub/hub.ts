@@ -1,9 +1,12 @@
 import type { AddressInfo } from 'node:net';
 import tls from 'node:tls';
 import type { Aedes } from 'aedes';
-import { type RefusalKind, refusalConnack } from '../shared/connack.js';
+import type { IConnectPacket } from 'mqtt-packet';
+import { refusalConnack } from '../shared/connack.js';
+import { isEdgemuxError } from '../shared/errors.js';
 import { type ControlFrame, FrameType, type OpenBody, PROTOCOL_VERSION, type ResumeBody } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
+import { parseConnect } from '../shared/mqtt-connect.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import { Tunnel } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
@@ -65,6 +68,8 @@ interface AgentRecord {
 
 const SWEEP_INTERVAL_MS = 1000;
 const RETIRED_INSTANCES_KEPT = 8;
+/** How long a stream may go without its CONNECT after OPEN (as long as a tunnel has for its HELLO). */
+const CONNECT_TIMEOUT_MS = TUNNEL_DEFAULTS.helloTimeoutMs;
 /** An agent may ask for a large window, but the hub's replay memory per stream stays bounded. */
 const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 
@@ -298,14 +303,15 @@ export class CloudHub {
       tunnel.close(`protocol violation: stream ${streamId} is in use or not an agent stream id`);
       return;
     }
+    // Nothing is decided on OPEN: it is a label beside the CONNECT, and the
+    // broker acts on the CONNECT. The session waits for it (admitSession).
     const session = new DeviceSession({
       clientId: open.clientId,
       agentId: record.agentId,
-      keepaliveSeconds: open.keepalive,
-      protocolVersion: open.protocolVersion,
       maxPacketSize: this.options.maxPacketSize,
       maxQueuedBytes: this.options.maxQueuedBytes,
       log,
+      admit: (admitted, connect) => this.admitSession(admitted, record, open, connect, log),
       onClosed: (closed) => {
         this.sessions.delete(closed);
         this.reportSessionTraffic(closed);
@@ -321,35 +327,60 @@ export class CloudHub {
     });
     const stream: SessionStream = new MuxStream(streamId, tunnel, session, capWindow(open.window), this.options.streamWindow, this.options.maxPacketSize);
     session.bind(stream);
-    tunnel.send({ type: FrameType.ACCEPT, streamId, body: { window: this.options.streamWindow, received: 0 } });
-    const refuse = (reason: string, kind: RefusalKind): void => {
-      log.info({ clientId: open.clientId, streamId, reason }, 'device refused');
-      stream.write(refusalConnack(open.protocolVersion, kind));
-      tunnel.send({ type: FrameType.CLOSE, streamId, body: { reason, abrupt: false } });
-      stream.close();
-    };
-    if (!this.namespaces.allows(record.agentId, open.clientId)) {
-      refuse(`client ID outside the namespace of agent ${record.agentId}`, 'not-authorized');
-      return;
-    }
-    const backend = this.router.backendFor({ clientId: open.clientId, username: open.username, agentId: record.agentId });
-    if (backend.kind === 'embedded' && open.protocolVersion === 5) {
-      refuse('MQTT 5 on the embedded 3.1.1 broker', 'unsupported-protocol');
-      return;
-    }
     tunnel.streams.set(streamId, stream);
     record.streams.set(streamId, stream);
     this.sessions.add(session);
-    this.sessionsByClientId.set(open.clientId, session);
-    this.registry?.deviceConnected(open.clientId, record.agentId);
+    tunnel.send({ type: FrameType.ACCEPT, streamId, body: { window: this.options.streamWindow, received: 0 } });
+  }
+
+  /**
+   * Checks the CONNECT the broker would read: its client ID and user name
+   * must be the ones the OPEN named (routing and the registry use those), the
+   * client ID must lie in the agent's namespace, and the backend must speak
+   * the device's protocol version.
+   */
+  private admitSession(session: DeviceSession, record: AgentRecord, open: OpenBody, bytes: Buffer, log: Logger): void {
+    const refuse = (reason: string, clientId: string, connack: Buffer | null): void => {
+      log.info({ clientId, streamId: session.stream.id, reason }, 'device refused');
+      session.refuse(reason, connack);
+    };
+    let connect: IConnectPacket;
+    try {
+      connect = parseConnect(bytes);
+    } catch (err) {
+      refuse(isEdgemuxError(err) ? `${err.code}: ${err.message}` : String(err), open.clientId, null);
+      return;
+    }
+    const { clientId, username } = connect;
+    const version = connect.protocolVersion ?? 4;
+    const notAuthorized = refusalConnack(version, 'not-authorized');
+    if (clientId !== open.clientId || username !== open.username) {
+      refuse(`CONNECT names client ID ${JSON.stringify(clientId)} but OPEN named ${JSON.stringify(open.clientId)}, or their user names differ`, clientId, notAuthorized);
+      return;
+    }
+    if (clientId.length === 0) {
+      refuse('empty client ID in CONNECT (the agent assigns one)', clientId, refusalConnack(version, 'identifier-rejected'));
+      return;
+    }
+    if (!this.namespaces.allows(record.agentId, clientId)) {
+      refuse(`client ID outside the namespace of agent ${record.agentId}`, clientId, notAuthorized);
+      return;
+    }
+    const backend = this.router.backendFor({ clientId, username, agentId: record.agentId });
+    if (backend.kind === 'embedded' && version === 5) {
+      refuse('MQTT 5 on the embedded 3.1.1 broker', clientId, refusalConnack(version, 'unsupported-protocol'));
+      return;
+    }
+    this.sessionsByClientId.set(clientId, session);
+    this.registry?.deviceConnected(clientId, record.agentId);
     if (backend.kind === 'embedded') {
-      session.connectBroker((owner) => {
+      session.connectBroker(connect, (owner) => {
         const pipe = new BrokerPipe(owner);
         this.broker.handle(pipe);
         return pipe;
       });
     } else {
-      session.connectBroker((owner) => backend.group.connect(owner));
+      session.connectBroker(connect, (owner) => backend.group.connect(owner));
     }
   }
 
@@ -400,8 +431,15 @@ export class CloudHub {
     this.reportTraffic();
     const now = Date.now();
     for (const session of this.sessions) {
-      if (session.state === 'detached' && now - session.detachedAt > this.options.resumeGraceMs) session.expire();
-      else session.keepBrokerAlive(now);
+      if (session.state === 'detached' && now - session.detachedAt > this.options.resumeGraceMs) {
+        session.expire();
+      } else if (session.awaitingConnect && session.state === 'attached' && now - session.openedAt > CONNECT_TIMEOUT_MS) {
+        // The agent sends the CONNECT right behind the OPEN; a stream without one only holds memory.
+        this.options.log.info({ agentId: session.agentId, clientId: session.clientId, streamId: session.stream.id, reason: 'no CONNECT in time' }, 'device refused');
+        session.refuse('no CONNECT in time', null);
+      } else {
+        session.keepBrokerAlive(now);
+      }
     }
   }
 }
