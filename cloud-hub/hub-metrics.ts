@@ -13,16 +13,26 @@ export function hubMetrics(hub: CloudHub): Registry {
   gauge('edgemux_hub_sessions_detached', 'Device sessions waiting for their stream to resume', () => hub.stats().detached);
   gauge('edgemux_hub_queued_bytes', 'Broker output waiting for device stream credit', () => hub.stats().queuedBytes);
   gauge('edgemux_hub_replay_bytes', 'Bytes held for replay to agents', () => hub.stats().replayBytes);
-  let dropped = 0;
-  new Counter({
-    name: 'edgemux_hub_dropped_qos0_total',
-    help: 'QoS 0 messages dropped for devices that could not keep up',
-    registers: [registry],
-    collect() {
-      const now = hub.stats().droppedQos0;
-      this.inc(Math.max(0, now - dropped));
-      dropped = now;
-    },
-  });
+  gauge('edgemux_hub_tunnel_unauthenticated', 'Tunnel connections that have not been accepted with HELLO', () => hub.stats().unauthenticated);
+  const counter = (name: string, help: string, read: () => number): void => {
+    let last = 0;
+    new Counter({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        const now = read();
+        this.inc(Math.max(0, now - last));
+        last = now;
+      },
+    });
+  };
+  counter('edgemux_hub_dropped_qos0_total', 'QoS 0 messages dropped for devices that could not keep up', () => hub.stats().droppedQos0);
+  counter('edgemux_hub_tunnel_handshake_timeouts_total', 'Tunnel connections closed for not finishing the TLS handshake in time', () => hub.stats().handshakeTimeouts);
+  counter(
+    'edgemux_hub_tunnel_unauthenticated_refused_total',
+    'Tunnel connections closed on accept because too many were unauthenticated',
+    () => hub.stats().unauthenticatedRefused,
+  );
   return registry;
 }

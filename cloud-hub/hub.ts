@@ -1,4 +1,4 @@
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import tls from 'node:tls';
 import type { Aedes } from 'aedes';
 import type { IConnectPacket } from 'mqtt-packet';
@@ -11,6 +11,7 @@ import { MuxStream } from '../shared/mux-stream.js';
 import { Tunnel } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 import { BrokerPipe } from './broker-pipe.js';
+import { HUB_DEFAULTS } from './config.js';
 import { DeviceSession, type SessionStream } from './device-session.js';
 import { type EmbeddedBroker, startEmbeddedBroker } from './embedded-broker.js';
 import { Registry } from './registry.js';
@@ -20,6 +21,10 @@ import { Namespaces, type NamespaceRule, type Route, Router } from './routes.js'
 export interface HubOptions {
   tunnelHost: string;
   tunnelPort: number;
+  /** Time a tunnel connection has to finish its TLS handshake; HUB_DEFAULTS.handshakeTimeoutMs when absent. */
+  handshakeTimeoutMs?: number;
+  /** Tunnel connections allowed at once before their HELLO; HUB_DEFAULTS.maxUnauthenticated when absent. */
+  maxUnauthenticated?: number;
   appHost: string;
   appPort: number;
   tls: { ca: string; cert: string; key: string };
@@ -53,6 +58,12 @@ export interface HubStats {
   queuedBytes: number;
   replayBytes: number;
   droppedQos0: number;
+  /** Tunnel connections open that have not (yet) been accepted with HELLO. */
+  unauthenticated: number;
+  /** Tunnel connections closed for not finishing the TLS handshake in time. */
+  handshakeTimeouts: number;
+  /** Tunnel connections closed on accept because too many were unauthenticated. */
+  unauthenticatedRefused: number;
 }
 
 /** What the hub knows of one agent process (one worker of it): its streams outlive any one tunnel. */
@@ -92,6 +103,12 @@ export class CloudHub {
   private readonly agents = new Map<string, AgentRecord>();
   private readonly tunnels = new Set<Tunnel>();
   private readonly sweep: NodeJS.Timeout;
+  private tunnelConnections = 0;
+  private helloTunnels = 0;
+  private handshakeTimeouts = 0;
+  private unauthenticatedRefused = 0;
+  /** Set while connections are being refused, so the refusals are logged once, not once each. */
+  private refusingUnauthenticated = false;
 
   private constructor(
     private readonly options: HubOptions,
@@ -103,9 +120,13 @@ export class CloudHub {
     this.broker = embedded.broker;
     this.router = new Router(options.routes ?? []);
     this.namespaces = new Namespaces(options.namespaces ?? []);
+    tunnelServer.on('connection', (socket) => this.admitTunnelConnection(socket));
     tunnelServer.on('secureConnection', (socket) => this.acceptTunnel(socket));
-    tunnelServer.on('tlsClientError', (err, socket) => {
+    tunnelServer.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
+      if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') this.handshakeTimeouts++;
       options.log.warn({ remote: socket.remoteAddress, reason: err.message }, 'tunnel TLS handshake refused');
+      // With a tlsClientError listener Node leaves the socket open, timeouts included.
+      socket.destroy();
     });
     this.sweep = setInterval(() => this.sweepSessions(), SWEEP_INTERVAL_MS);
     this.sweep.unref();
@@ -122,6 +143,7 @@ export class CloudHub {
       requestCert: true,
       rejectUnauthorized: true,
       minVersion: 'TLSv1.3',
+      handshakeTimeout: options.handshakeTimeoutMs ?? HUB_DEFAULTS.handshakeTimeoutMs,
     });
     await new Promise<void>((resolve, reject) => {
       tunnelServer.once('error', reject);
@@ -156,7 +178,44 @@ export class CloudHub {
     }
     const agents = new Set<string>();
     for (const record of this.agents.values()) if (record.tunnels.size > 0) agents.add(record.agentId);
-    return { agents: agents.size, tunnels: this.tunnels.size, sessions: this.sessions.size, detached, queuedBytes, replayBytes, droppedQos0 };
+    return {
+      agents: agents.size,
+      tunnels: this.tunnels.size,
+      sessions: this.sessions.size,
+      detached,
+      queuedBytes,
+      replayBytes,
+      droppedQos0,
+      unauthenticated: this.unauthenticated,
+      handshakeTimeouts: this.handshakeTimeouts,
+      unauthenticatedRefused: this.unauthenticatedRefused,
+    };
+  }
+
+  private get unauthenticated(): number {
+    return this.tunnelConnections - this.helloTunnels;
+  }
+
+  /**
+   * Bounds what strangers can hold: every connection to the tunnel port is
+   * unauthenticated until its HELLO is accepted (the TLS handshake alone
+   * costs the hub memory and CPU), and past the limit new ones are closed
+   * before the handshake starts.
+   */
+  private admitTunnelConnection(socket: Socket): void {
+    const limit = this.options.maxUnauthenticated ?? HUB_DEFAULTS.maxUnauthenticated;
+    if (this.unauthenticated >= limit) {
+      this.unauthenticatedRefused++;
+      if (!this.refusingUnauthenticated) {
+        this.refusingUnauthenticated = true;
+        this.options.log.warn({ remote: socket.remoteAddress, limit, reason: 'too many unauthenticated tunnel connections' }, 'tunnel connections refused');
+      }
+      socket.destroy();
+      return;
+    }
+    this.refusingUnauthenticated = false;
+    this.tunnelConnections++;
+    socket.once('close', () => this.tunnelConnections--);
   }
 
   async close(): Promise<void> {
@@ -213,6 +272,7 @@ export class CloudHub {
           return;
         }
         record.tunnels.add(tunnel);
+        this.helloTunnels++;
         this.registry?.agentConnected(agentId, fingerprint, record.tunnels.size);
         tunnel.send({
           type: FrameType.HELLO,
@@ -241,6 +301,7 @@ export class CloudHub {
       clearTimeout(helloTimer);
       this.tunnels.delete(tunnel);
       if (record !== null) {
+        this.helloTunnels--;
         record.tunnels.delete(tunnel);
         this.registry?.agentDisconnected(agentId, record.tunnels.size);
         this.pruneAgent(record);

@@ -17,6 +17,8 @@ export async function startHub(config: HubConfig): Promise<CloudHub> {
     hubId: config.hubId,
     tunnelHost: config.tunnel.host,
     tunnelPort: config.tunnel.port,
+    handshakeTimeoutMs: config.tunnel.handshakeTimeoutMs,
+    maxUnauthenticated: config.tunnel.maxUnauthenticated,
     appHost: config.app.host,
     appPort: config.app.port,
     tls,
