@@ -5,7 +5,7 @@ import { assignClientId, assignedIdPrefix, isAssignedBy } from '../../shared/ass
 import { isEdgemuxError } from '../../shared/errors.js';
 import { parseConnect } from '../../shared/mqtt-connect.js';
 import { streamPayloadProblem } from '../../shared/mqtt-framing.js';
-import { isMqttString } from '../../shared/mqtt-utf8.js';
+import { isMqttString, topicProblem } from '../../shared/mqtt-utf8.js';
 
 describe('assigned client IDs', () => {
   it('name exactly one agent, even when one agent ID is a prefix of another', () => {
@@ -63,6 +63,32 @@ describe('MQTT strings (3.1.1 §1.5.3, 5.0 §1.5.4)', () => {
         expect((error as Error).message).toContain(field);
       }
     }
+  });
+});
+
+describe('topics from devices', () => {
+  /** The packet with every X in its topic strings replaced by `byte`. */
+  function withByte(packet: mqttPacket.Packet, protocolVersion: number, byte: number): Buffer {
+    const bytes = Buffer.from(mqttPacket.generate(packet, { protocolVersion }));
+    for (let at = bytes.indexOf('X'); at !== -1; at = bytes.indexOf('X', at + 1)) bytes[at] = byte;
+    return bytes;
+  }
+  const packets: { type: number; protocolVersion: number; packet: mqttPacket.Packet }[] = [
+    { type: 3, protocolVersion: 4, packet: { cmd: 'publish', topic: 'up/X', payload: Buffer.from('payload'), qos: 1, messageId: 7, retain: false, dup: false } },
+    { type: 3, protocolVersion: 5, packet: { cmd: 'publish', topic: 'up/X', payload: Buffer.from('p'), qos: 0, retain: false, dup: false, properties: { contentType: 'text' } } },
+    { type: 8, protocolVersion: 4, packet: { cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'a/#', qos: 1 }, { topic: 'b/X', qos: 0 }] } },
+    { type: 8, protocolVersion: 5, packet: { cmd: 'subscribe', messageId: 1, properties: { subscriptionIdentifier: 3 }, subscriptions: [{ topic: 'a/+', qos: 1, nl: false, rap: false, rh: 0 }, { topic: 'X/b', qos: 2, nl: false, rap: false, rh: 0 }] } },
+    { type: 10, protocolVersion: 4, packet: { cmd: 'unsubscribe', messageId: 2, unsubscriptions: ['a/#', 'b/X'] } },
+    { type: 10, protocolVersion: 5, packet: { cmd: 'unsubscribe', messageId: 2, properties: { userProperties: { k: 'v' } }, unsubscriptions: ['X'] } },
+  ];
+
+  it('are refused in PUBLISH, SUBSCRIBE and UNSUBSCRIBE when not valid MQTT strings; payloads may hold anything', () => {
+    for (const { type, protocolVersion, packet } of packets) {
+      expect(topicProblem(withByte(packet, protocolVersion, 0x78), type, protocolVersion), packet.cmd).toBeNull();
+      for (const bad of [0x00, 0xff]) expect(topicProblem(withByte(packet, protocolVersion, bad), type, protocolVersion), `${packet.cmd} v${protocolVersion}`).not.toBeNull();
+    }
+    const binaryPayload = mqttPacket.generate({ cmd: 'publish', topic: 'up', payload: Buffer.from([0xff, 0x00]), qos: 0, retain: false, dup: false });
+    expect(topicProblem(binaryPayload, 3, 4)).toBeNull();
   });
 });
 
