@@ -124,7 +124,12 @@ export class CloudHub {
     tunnelServer.on('secureConnection', (socket) => this.acceptTunnel(socket));
     tunnelServer.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
       if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') this.handshakeTimeouts++;
-      options.log.warn({ remote: socket.remoteAddress, reason: err.message }, 'tunnel TLS handshake refused');
+      if (err.code === 'ECONNRESET') {
+        // The peer went away (or was refused on accept, already logged): nothing was decided here.
+        options.log.debug({ remote: socket.remoteAddress, reason: err.message }, 'tunnel connection closed before the TLS handshake');
+      } else {
+        options.log.warn({ remote: socket.remoteAddress, reason: err.message }, 'tunnel TLS handshake refused');
+      }
       // With a tlsClientError listener Node leaves the socket open, timeouts included.
       socket.destroy();
     });
