@@ -4,6 +4,18 @@ import { anonymousAccess } from './app-access.js';
 
 const port = z.number().int().min(0).max(65535);
 
+/** Local hub settings without a protocol counterpart (those are in TUNNEL_DEFAULTS). */
+export const HUB_DEFAULTS = {
+  /**
+   * A connection to the tunnel port must finish its TLS handshake within
+   * this time. Node's own default (120 s) only reports the timeout and leaves
+   * the socket open, about 22 KiB each.
+   */
+  handshakeTimeoutMs: 10_000,
+  /** Connections on the tunnel port that have not yet sent HELLO; more are closed on accept. */
+  maxUnauthenticated: 1024,
+} as const;
+
 const brokerSchema = z.strictObject({
   url: z.string().regex(/^mqtts?:\/\/[^/:]+(:\d{1,5})?\/?$/, 'expected mqtt://host[:port] or mqtts://host[:port]'),
   /** PEM files for mqtts: the CA that signed the broker, and a client certificate if the broker wants one. */
@@ -32,7 +44,14 @@ export type RouteConfig = z.output<typeof routeSchema>;
 
 export const hubConfigSchema = z.strictObject({
   hubId: z.string().min(1).default('hub-1'),
-  tunnel: z.strictObject({ host: z.string().default('0.0.0.0'), port: port.default(8883) }).prefault({}),
+  tunnel: z
+    .strictObject({
+      host: z.string().default('0.0.0.0'),
+      port: port.default(8883),
+      handshakeTimeoutMs: z.number().int().min(100).default(HUB_DEFAULTS.handshakeTimeoutMs),
+      maxUnauthenticated: z.number().int().min(1).default(HUB_DEFAULTS.maxUnauthenticated),
+    })
+    .prefault({}),
   /** The embedded broker's MQTT listener for cloud applications: loopback only unless configured, as Mosquitto 2.x. */
   app: z
     .strictObject({

@@ -1,6 +1,7 @@
+import type { IConnectPacket } from 'mqtt-packet';
 import { FrameType } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
-import { MqttFramer, PacketType, packetTypeOf, PINGREQ_BYTES } from '../shared/mqtt-framing.js';
+import { MqttFramer, PacketType, packetTypeOf, PINGREQ_BYTES, streamPayloadProblem, wholePacketSize } from '../shared/mqtt-framing.js';
 import type { MuxStream, StreamSink } from '../shared/mux-stream.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import { effectiveKeepalive, parseConnack, refusalConnack } from '../shared/connack.js';
@@ -19,11 +20,9 @@ export type SessionState = 'attached' | 'detached' | 'closed';
 export type SessionStream = MuxStream<DeviceSession, Tunnel>;
 
 export interface DeviceSessionOptions {
+  /** The client ID of the stream's OPEN; the hub admits only a CONNECT that names the same. */
   clientId: string;
   agentId: string;
-  /** Device keepalive in seconds from its CONNECT (MQTT 3.1.1 §3.1.2.10); 0 disables it. */
-  keepaliveSeconds: number;
-  protocolVersion: number;
   maxPacketSize: number;
   /**
    * Bytes the broker may queue for a device that is not reading before the
@@ -32,6 +31,12 @@ export interface DeviceSessionOptions {
    */
   maxQueuedBytes: number;
   log: Logger;
+  /**
+   * The stream's first packet, its CONNECT, arrived: the hub either refuses
+   * the session (`refuse`) or connects it to a broker (`connectBroker`)
+   * before the CONNECT is passed on.
+   */
+  admit(session: DeviceSession, connect: Buffer): void;
   onClosed(session: DeviceSession): void;
 }
 
@@ -44,8 +49,9 @@ export interface DeviceSessionOptions {
  */
 export class DeviceSession implements StreamSink, BrokerLinkOwner {
   state: SessionState = 'attached';
-  /** The device's connection to its broker, set by `connectBroker`. */
-  link!: BrokerLink;
+  /** The device's connection to its broker; null until the hub has admitted the stream's CONNECT. */
+  link: BrokerLink | null = null;
+  readonly openedAt = Date.now();
   stream!: SessionStream;
   detachedAt = 0;
   /** QoS 0 messages dropped because the device could not take them. */
@@ -63,11 +69,11 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   /** The highest RESUME attempt honoured; older ones arrive over abandoned tunnels. */
   lastResumeAttempt = 0;
 
-  /** The device's keepalive, or the server's when an MQTT 5 broker set one. */
-  private keepaliveSeconds: number;
+  /** The device's keepalive (MQTT 3.1.1 §3.1.2.10), or the server's when an MQTT 5 broker set one; 0 disables it. */
+  private keepaliveSeconds = 0;
+  private protocolVersion = 4;
 
   constructor(private readonly options: DeviceSessionOptions) {
-    this.keepaliveSeconds = options.keepaliveSeconds;
     this.framer = new MqttFramer(options.maxPacketSize);
   }
 
@@ -81,8 +87,30 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     return this.creditHeldBack;
   }
 
-  connectBroker(makeLink: (owner: BrokerLinkOwner) => BrokerLink): void {
+  get awaitingConnect(): boolean {
+    return this.link === null && this.state !== 'closed';
+  }
+
+  /** Admits the session on its checked CONNECT, whose values replace those the OPEN stated. */
+  connectBroker(connect: IConnectPacket, makeLink: (owner: BrokerLinkOwner) => BrokerLink): void {
+    this.keepaliveSeconds = connect.keepalive ?? 0;
+    this.protocolVersion = connect.protocolVersion ?? 4;
     this.link = makeLink(this);
+  }
+
+  /**
+   * Ends a session the broker must not see: sends the CONNACK refusal, if
+   * any, and CLOSE, and keeps nothing, so the agent's answering CLOSE finds
+   * no stream (docs/protocol.md 5.3, rule 7). A broker connection already
+   * made is dropped, as for a device that broke the protocol.
+   */
+  refuse(reason: string, connack: Buffer | null): void {
+    if (this.state === 'closed') return;
+    if (connack !== null) this.stream.write(connack);
+    this.stream.carrier?.send({ type: FrameType.CLOSE, streamId: this.stream.id, body: { reason, abrupt: false } });
+    const link = this.link;
+    this.finish();
+    link?.destroy();
   }
 
   get clientId(): string {
@@ -99,14 +127,24 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
 
   // device → broker
   data(payload: Buffer): void {
-    if (this.closing) {
+    if (this.closing || payload.length === 0) {
       this.stream.consume(payload.length);
       return;
+    }
+    const problem = streamPayloadProblem(payload, this.link === null, this.options.maxPacketSize);
+    if (problem !== null) {
+      this.options.log.warn({ clientId: this.clientId, agentId: this.agentId, streamId: this.stream.id, reason: problem }, 'device session ended: protocol violation');
+      this.refuse(`protocol violation: ${problem}`, null);
+      return;
+    }
+    if (this.link === null) {
+      this.options.admit(this, payload.subarray(0, wholePacketSize(payload, 0, this.options.maxPacketSize)));
+      if (this.link === null) return;
     }
     this.lastToBrokerAt = Date.now();
     this.traffic.bytesToBroker += payload.length;
     this.traffic.packetsToBroker++;
-    if (this.link.push(payload)) {
+    if (this.link!.push(payload)) {
       this.stream.consume(payload.length);
     } else {
       this.creditHeldBack += payload.length;
@@ -132,7 +170,7 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
         this.framer.push(chunk, (packet) => this.toDevice(packet));
       } catch (err) {
         this.options.log.error({ clientId: this.clientId, err }, 'broker wrote an unframeable packet');
-        this.link.destroy();
+        this.link?.destroy();
       }
     }
     done();
@@ -141,7 +179,7 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   private toDevice(packet: Buffer): void {
     const type = packetTypeOf(packet);
     if (type === PacketType.PINGRESP) return;
-    if (type === PacketType.CONNACK && this.options.protocolVersion === 5) {
+    if (type === PacketType.CONNACK && this.protocolVersion === 5) {
       this.keepaliveSeconds = effectiveKeepalive(this.keepaliveSeconds, parseConnack(packet, 5));
     }
     if (packet.length > this.stream.maxPeerPayload) {
@@ -150,7 +188,7 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
         { clientId: this.clientId, agentId: this.agentId, bytes: packet.length, reason: 'packet larger than the agent accepts' },
         'ending device session',
       );
-      this.link.destroy();
+      this.link?.destroy();
       return;
     }
     this.traffic.bytesToDevice += packet.length;
@@ -167,7 +205,7 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     }
     this.waiting.push(packet);
     this.waitingBytes += packet.length;
-    if (this.waitingBytes > this.options.maxQueuedBytes && !this.link.destroyed) {
+    if (this.waitingBytes > this.options.maxQueuedBytes && this.link !== null && !this.link.destroyed) {
       this.options.log.warn(
         { clientId: this.clientId, agentId: this.agentId, queuedBytes: this.waitingBytes, reason: 'slow consumer' },
         'device is not reading; ending its session',
@@ -191,7 +229,7 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   /** Called by the hub's sweep: keeps the broker's keepalive satisfied while the device is idle or away. */
   keepBrokerAlive(now: number): void {
     const keepaliveMs = this.keepaliveSeconds * 1000;
-    if (this.state === 'closed' || this.closing || keepaliveMs === 0) return;
+    if (this.state === 'closed' || this.closing || keepaliveMs === 0 || this.link === null) return;
     if (now - this.lastToBrokerAt >= keepaliveMs / 2) {
       this.lastToBrokerAt = now;
       this.link.push(PINGREQ_BYTES);
@@ -248,7 +286,7 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   brokerUnavailable(reason: string): void {
     if (this.state === 'closed') return;
     this.options.log.warn({ clientId: this.clientId, agentId: this.agentId, reason }, 'device refused: no broker');
-    this.stream.write(refusalConnack(this.options.protocolVersion, 'server-unavailable'));
+    this.stream.write(refusalConnack(this.protocolVersion, 'server-unavailable'));
     this.brokerClosed();
   }
 
@@ -274,8 +312,10 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     // The broker itself publishes the will unless it saw a DISCONNECT, which
     // is exactly the abrupt case; the timer only guards a broker that stopped reading.
     this.finish();
-    this.link.push(null);
-    setTimeout(() => this.link.destroy(), BROKER_END_TIMEOUT_MS).unref();
+    const link = this.link;
+    if (link === null) return;
+    link.push(null);
+    setTimeout(() => link.destroy(), BROKER_END_TIMEOUT_MS).unref();
   }
 
   private finish(): void {

@@ -1,15 +1,18 @@
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import tls from 'node:tls';
 import type { Aedes } from 'aedes';
-import { type RefusalKind, refusalConnack } from '../shared/connack.js';
-import { EdgemuxError } from '../shared/errors.js';
+import type { IConnectPacket } from 'mqtt-packet';
+import { refusalConnack } from '../shared/connack.js';
+import { EdgemuxError, isEdgemuxError } from '../shared/errors.js';
 import { type ControlFrame, FrameType, type OpenBody, PROTOCOL_VERSION, type ResumeBody } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
+import { parseConnect } from '../shared/mqtt-connect.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import { Tunnel } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 import { AppAccess, anonymousAccess, isLoopbackHost } from './app-access.js';
 import { BrokerPipe } from './broker-pipe.js';
+import { HUB_DEFAULTS } from './config.js';
 import { DeviceSession, type SessionStream } from './device-session.js';
 import { type EmbeddedBroker, startEmbeddedBroker } from './embedded-broker.js';
 import type { PasswordFile } from './password-file.js';
@@ -20,6 +23,10 @@ import { Namespaces, type NamespaceRule, type Route, Router } from './routes.js'
 export interface HubOptions {
   tunnelHost: string;
   tunnelPort: number;
+  /** Time a tunnel connection has to finish its TLS handshake; HUB_DEFAULTS.handshakeTimeoutMs when absent. */
+  handshakeTimeoutMs?: number;
+  /** Tunnel connections allowed at once before their HELLO; HUB_DEFAULTS.maxUnauthenticated when absent. */
+  maxUnauthenticated?: number;
   appHost: string;
   appPort: number;
   /** Application credentials; without them, only anonymous applications (see appAllowAnonymous). */
@@ -63,6 +70,12 @@ export interface HubStats {
   droppedQos0: number;
   /** Tunnels refused since start because another instance of the agent held the identity. */
   refusedTunnels: number;
+  /** Tunnel connections open that have not (yet) been accepted with HELLO. */
+  unauthenticated: number;
+  /** Tunnel connections closed for not finishing the TLS handshake in time. */
+  handshakeTimeouts: number;
+  /** Tunnel connections closed on accept because too many were unauthenticated. */
+  unauthenticatedRefused: number;
 }
 
 /** What the hub knows of one agent process (one worker of it): its streams outlive any one tunnel. */
@@ -79,6 +92,8 @@ interface AgentRecord {
 }
 
 const SWEEP_INTERVAL_MS = 1000;
+/** How long a stream may go without its CONNECT after OPEN (as long as a tunnel has for its HELLO). */
+const CONNECT_TIMEOUT_MS = TUNNEL_DEFAULTS.helloTimeoutMs;
 /** An agent may ask for a large window, but the hub's replay memory per stream stays bounded. */
 const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 
@@ -108,6 +123,12 @@ export class CloudHub {
   private readonly tunnels = new Set<Tunnel>();
   private readonly sweep: NodeJS.Timeout;
   private refusedTunnels = 0;
+  private tunnelConnections = 0;
+  private helloTunnels = 0;
+  private handshakeTimeouts = 0;
+  private unauthenticatedRefused = 0;
+  /** Set while connections are being refused, so the refusals are logged once, not once each. */
+  private refusingUnauthenticated = false;
 
   private constructor(
     private readonly options: HubOptions,
@@ -119,9 +140,18 @@ export class CloudHub {
     this.broker = embedded.broker;
     this.router = new Router(options.routes ?? []);
     this.namespaces = new Namespaces(options.namespaces ?? []);
+    tunnelServer.on('connection', (socket) => this.admitTunnelConnection(socket));
     tunnelServer.on('secureConnection', (socket) => this.acceptTunnel(socket));
-    tunnelServer.on('tlsClientError', (err, socket) => {
-      options.log.warn({ remote: socket.remoteAddress, reason: err.message }, 'tunnel TLS handshake refused');
+    tunnelServer.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
+      if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') this.handshakeTimeouts++;
+      if (err.code === 'ECONNRESET') {
+        // The peer went away (or was refused on accept, already logged): nothing was decided here.
+        options.log.debug({ remote: socket.remoteAddress, reason: err.message }, 'tunnel connection closed before the TLS handshake');
+      } else {
+        options.log.warn({ remote: socket.remoteAddress, reason: err.message }, 'tunnel TLS handshake refused');
+      }
+      // With a tlsClientError listener Node leaves the socket open, timeouts included.
+      socket.destroy();
     });
     this.sweep = setInterval(() => this.sweepSessions(), SWEEP_INTERVAL_MS);
     this.sweep.unref();
@@ -163,7 +193,12 @@ export class CloudHub {
       persistence,
       log: options.log,
     });
-    const tunnelServer = tls.createServer({ ...tunnelContext(options.tls), requestCert: true, rejectUnauthorized: true });
+    const tunnelServer = tls.createServer({
+      ...tunnelContext(options.tls),
+      requestCert: true,
+      rejectUnauthorized: true,
+      handshakeTimeout: options.handshakeTimeoutMs ?? HUB_DEFAULTS.handshakeTimeoutMs,
+    });
     await new Promise<void>((resolve, reject) => {
       tunnelServer.once('error', reject);
       tunnelServer.listen(options.tunnelPort, options.tunnelHost, () => {
@@ -200,7 +235,7 @@ export class CloudHub {
       if (session.state === 'detached') detached++;
       queuedBytes += session.queuedBytes;
       replayBytes += session.stream.replayBytes;
-      brokerHeldBytes += session.link.heldBytes;
+      brokerHeldBytes += session.link?.heldBytes ?? 0;
       droppedQos0 += session.droppedQos0;
     }
     const agents = new Set<string>();
@@ -215,7 +250,36 @@ export class CloudHub {
       brokerHeldBytes,
       droppedQos0,
       refusedTunnels: this.refusedTunnels,
+      unauthenticated: this.unauthenticated,
+      handshakeTimeouts: this.handshakeTimeouts,
+      unauthenticatedRefused: this.unauthenticatedRefused,
     };
+  }
+
+  private get unauthenticated(): number {
+    return this.tunnelConnections - this.helloTunnels;
+  }
+
+  /**
+   * Bounds what strangers can hold: every connection to the tunnel port is
+   * unauthenticated until its HELLO is accepted (the TLS handshake alone
+   * costs the hub memory and CPU), and past the limit new ones are closed
+   * before the handshake starts.
+   */
+  private admitTunnelConnection(socket: Socket): void {
+    const limit = this.options.maxUnauthenticated ?? HUB_DEFAULTS.maxUnauthenticated;
+    if (this.unauthenticated >= limit) {
+      this.unauthenticatedRefused++;
+      if (!this.refusingUnauthenticated) {
+        this.refusingUnauthenticated = true;
+        this.options.log.warn({ remote: socket.remoteAddress, limit, reason: 'too many unauthenticated tunnel connections' }, 'tunnel connections refused');
+      }
+      socket.destroy();
+      return;
+    }
+    this.refusingUnauthenticated = false;
+    this.tunnelConnections++;
+    socket.once('close', () => this.tunnelConnections--);
   }
 
   /**
@@ -313,6 +377,7 @@ export class CloudHub {
         }
         record = admitted;
         record.tunnels.add(tunnel);
+        this.helloTunnels++;
         this.registry?.agentConnected(agentId, fingerprint, record.tunnels.size);
         tunnel.send({
           type: FrameType.HELLO,
@@ -360,6 +425,7 @@ export class CloudHub {
         for (const stream of streams) stream.sink.detach(now);
       }
       if (record !== null) {
+        this.helloTunnels--;
         record.tunnels.delete(tunnel);
         this.registry?.agentDisconnected(agentId, record.tunnels.size);
         this.pruneAgent(record);
@@ -426,14 +492,15 @@ export class CloudHub {
       tunnel.close(`protocol violation: stream ${streamId} is in use or not an agent stream id`);
       return;
     }
+    // Nothing is decided on OPEN: it is a label beside the CONNECT, and the
+    // broker acts on the CONNECT. The session waits for it (admitSession).
     const session = new DeviceSession({
       clientId: open.clientId,
       agentId: record.agentId,
-      keepaliveSeconds: open.keepalive,
-      protocolVersion: open.protocolVersion,
       maxPacketSize: this.options.maxPacketSize,
       maxQueuedBytes: this.options.maxQueuedBytes,
       log,
+      admit: (admitted, connect) => this.admitSession(admitted, record, open, connect, log),
       onClosed: (closed) => {
         this.sessions.delete(closed);
         this.reportSessionTraffic(closed);
@@ -449,36 +516,61 @@ export class CloudHub {
     });
     const stream: SessionStream = new MuxStream(streamId, tunnel, session, capWindow(open.window), this.options.streamWindow, this.options.maxPacketSize);
     session.bind(stream);
-    tunnel.send({ type: FrameType.ACCEPT, streamId, body: { window: this.options.streamWindow, received: 0 } });
-    const refuse = (reason: string, kind: RefusalKind): void => {
-      log.info({ clientId: open.clientId, streamId, reason }, 'device refused');
-      stream.write(refusalConnack(open.protocolVersion, kind));
-      tunnel.send({ type: FrameType.CLOSE, streamId, body: { reason, abrupt: false } });
-      stream.close();
-    };
-    if (!this.namespaces.allows(record.agentId, open.clientId)) {
-      refuse(`client ID outside the namespace of agent ${record.agentId}`, 'not-authorized');
-      return;
-    }
-    const backend = this.router.backendFor({ clientId: open.clientId, username: open.username, agentId: record.agentId });
-    if (backend.kind === 'embedded' && open.protocolVersion === 5) {
-      refuse('MQTT 5 on the embedded 3.1.1 broker', 'unsupported-protocol');
-      return;
-    }
     tunnel.streams.set(streamId, stream);
     record.streams.set(streamId, stream);
     this.sessions.add(session);
-    this.sessionsByClientId.set(open.clientId, session);
-    this.registry?.deviceConnected(open.clientId, record.agentId);
-    if (this.registry === null) this.deviceClientIds.add(open.clientId);
+    tunnel.send({ type: FrameType.ACCEPT, streamId, body: { window: this.options.streamWindow, received: 0 } });
+  }
+
+  /**
+   * Checks the CONNECT the broker would read: its client ID and user name
+   * must be the ones the OPEN named (routing and the registry use those), the
+   * client ID must lie in the agent's namespace, and the backend must speak
+   * the device's protocol version.
+   */
+  private admitSession(session: DeviceSession, record: AgentRecord, open: OpenBody, bytes: Buffer, log: Logger): void {
+    const refuse = (reason: string, clientId: string, connack: Buffer | null): void => {
+      log.info({ clientId, streamId: session.stream.id, reason }, 'device refused');
+      session.refuse(reason, connack);
+    };
+    let connect: IConnectPacket;
+    try {
+      connect = parseConnect(bytes);
+    } catch (err) {
+      refuse(isEdgemuxError(err) ? `${err.code}: ${err.message}` : String(err), open.clientId, null);
+      return;
+    }
+    const { clientId, username } = connect;
+    const version = connect.protocolVersion ?? 4;
+    const notAuthorized = refusalConnack(version, 'not-authorized');
+    if (clientId !== open.clientId || username !== open.username) {
+      refuse(`CONNECT names client ID ${JSON.stringify(clientId)} but OPEN named ${JSON.stringify(open.clientId)}, or their user names differ`, clientId, notAuthorized);
+      return;
+    }
+    if (clientId.length === 0) {
+      refuse('empty client ID in CONNECT (the agent assigns one)', clientId, refusalConnack(version, 'identifier-rejected'));
+      return;
+    }
+    if (!this.namespaces.allows(record.agentId, clientId)) {
+      refuse(`client ID outside the namespace of agent ${record.agentId}`, clientId, notAuthorized);
+      return;
+    }
+    const backend = this.router.backendFor({ clientId, username, agentId: record.agentId });
+    if (backend.kind === 'embedded' && version === 5) {
+      refuse('MQTT 5 on the embedded 3.1.1 broker', clientId, refusalConnack(version, 'unsupported-protocol'));
+      return;
+    }
+    this.sessionsByClientId.set(clientId, session);
+    this.registry?.deviceConnected(clientId, record.agentId);
+    if (this.registry === null) this.deviceClientIds.add(clientId);
     if (backend.kind === 'embedded') {
-      session.connectBroker((owner) => {
+      session.connectBroker(connect, (owner) => {
         const pipe = new BrokerPipe(owner);
         this.broker.handle(pipe);
         return pipe;
       });
     } else {
-      session.connectBroker((owner) => backend.group.connect(owner));
+      session.connectBroker(connect, (owner) => backend.group.connect(owner));
     }
   }
 
@@ -529,8 +621,15 @@ export class CloudHub {
     this.reportTraffic();
     const now = Date.now();
     for (const session of this.sessions) {
-      if (session.state === 'detached' && now - session.detachedAt > this.options.resumeGraceMs) session.expire();
-      else session.keepBrokerAlive(now);
+      if (session.state === 'detached' && now - session.detachedAt > this.options.resumeGraceMs) {
+        session.expire();
+      } else if (session.awaitingConnect && session.state === 'attached' && now - session.openedAt > CONNECT_TIMEOUT_MS) {
+        // The agent sends the CONNECT right behind the OPEN; a stream without one only holds memory.
+        this.options.log.info({ agentId: session.agentId, clientId: session.clientId, streamId: session.stream.id, reason: 'no CONNECT in time' }, 'device refused');
+        session.refuse('no CONNECT in time', null);
+      } else {
+        session.keepBrokerAlive(now);
+      }
     }
   }
 }

@@ -16,6 +16,8 @@ export async function startHub(config: HubConfig, log: Logger = createLogger('cl
     hubId: config.hubId,
     tunnelHost: config.tunnel.host,
     tunnelPort: config.tunnel.port,
+    handshakeTimeoutMs: config.tunnel.handshakeTimeoutMs,
+    maxUnauthenticated: config.tunnel.maxUnauthenticated,
     appHost: config.app.host,
     appPort: config.app.port,
     appPasswords,

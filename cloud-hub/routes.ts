@@ -1,3 +1,4 @@
+import { isAssignedBy } from '../shared/assigned-client-id.js';
 import type { ExternalBrokerGroup } from './external-broker.js';
 
 /** Who a device is, as far as routing can tell from its OPEN. */
@@ -72,8 +73,8 @@ export interface NamespaceRule {
 /**
  * An agent can only speak for client IDs in its own namespace. Without rules
  * every agent may use any client ID; with rules, an ID is allowed when a rule
- * for the agent allows it, and IDs the agent assigned itself (emx-<agent>-...)
- * are always its own.
+ * for the agent allows it, and IDs of the exact form the agent assigns
+ * (shared/assigned-client-id.ts) are always its own.
  */
 export class Namespaces {
   private readonly rules: { agent: RegExp; clientIds: RegExp[] }[];
@@ -83,7 +84,7 @@ export class Namespaces {
   }
 
   allows(agentId: string, clientId: string): boolean {
-    if (this.rules.length === 0 || clientId.startsWith(`emx-${agentId}-`)) return true;
+    if (this.rules.length === 0 || isAssignedBy(agentId, clientId)) return true;
     return this.rules.some((rule) => rule.agent.test(agentId) && rule.clientIds.some((pattern) => pattern.test(clientId)));
   }
 }

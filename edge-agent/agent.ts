@@ -1,4 +1,5 @@
 import net, { type AddressInfo } from 'node:net';
+import { assignedIdPrefix } from '../shared/assigned-client-id.js';
 import { type CloseBody, type ControlFrame, FrameType } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
@@ -93,7 +94,7 @@ export class EdgeAgent implements DeviceHost {
   ) {
     this.log = options.log;
     this.maxPacketSize = options.maxPacketSize;
-    this.assignedIdPrefix = `emx-${options.agentId}-`;
+    this.assignedIdPrefix = assignedIdPrefix(options.agentId);
     this.pool = new TunnelPool({
       agentId: options.agentId,
       worker: options.worker ?? 0,

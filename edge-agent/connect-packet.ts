@@ -1,7 +1,7 @@
-import { randomBytes } from 'node:crypto';
-import mqttPacket, { type IConnectPacket, type Packet } from 'mqtt-packet';
+import mqttPacket from 'mqtt-packet';
+import { assignClientId } from '../shared/assigned-client-id.js';
 import { refusalConnack } from '../shared/connack.js';
-import { EdgemuxError } from '../shared/errors.js';
+import { parseConnect } from '../shared/mqtt-connect.js';
 
 export interface DeviceConnect {
   clientId: string;
@@ -19,48 +19,11 @@ export type ConnectVerdict =
   | { ok: false; reason: string; connack: Buffer };
 
 /**
- * One parser serves every CONNECT: each call hands it exactly one whole
- * packet, so it is back at a packet boundary afterwards, and a connect storm
- * does not build a parser per device.
- */
-let parsed: Packet | undefined;
-let failure: Error | undefined;
-
-function newParser(): ReturnType<typeof mqttPacket.parser> {
-  const parser = mqttPacket.parser();
-  parser.on('packet', (packet: Packet) => {
-    parsed = packet;
-  });
-  parser.on('error', (err: Error) => {
-    failure = err;
-  });
-  return parser;
-}
-
-let sharedParser = newParser();
-
-/** Parses one whole CONNECT packet; throws E_MQTT_MALFORMED when mqtt-packet cannot. */
-export function parseConnect(bytes: Buffer): IConnectPacket {
-  parsed = undefined;
-  failure = undefined;
-  sharedParser.parse(bytes);
-  const packet = parsed as Packet | undefined;
-  const error = failure as Error | undefined;
-  if (error !== undefined || packet === undefined) {
-    // A failed parse can leave the parser mid-packet: the next CONNECT gets a fresh one.
-    sharedParser = newParser();
-    throw new EdgemuxError('E_MQTT_MALFORMED', `malformed CONNECT: ${error?.message ?? 'incomplete packet'}`);
-  }
-  if (packet.cmd !== 'connect') {
-    throw new EdgemuxError('E_MQTT_PROTOCOL', `expected CONNECT, got ${packet.cmd}`);
-  }
-  return packet;
-}
-
-/**
  * Decides how a device's CONNECT enters the tunnel. The hub demultiplexes by
  * client ID, so an empty one needs care: MQTT 3.1.1 §3.1.3.1 lets the server
  * assign one when clean session is set and requires refusal otherwise.
+ * Throws E_MQTT_MALFORMED for a CONNECT the device must be disconnected for
+ * without a CONNACK, such as a client ID that is not well-formed UTF-8.
  */
 export function admitConnect(bytes: Buffer, assignPrefix: string): ConnectVerdict {
   const packet = parseConnect(bytes);
@@ -77,7 +40,7 @@ export function admitConnect(bytes: Buffer, assignPrefix: string): ConnectVerdic
         connack: refusalConnack(protocolVersion, 'identifier-rejected'),
       };
     }
-    clientId = `${assignPrefix}${randomBytes(8).toString('hex')}`;
+    clientId = assignClientId(assignPrefix);
     forwarded = mqttPacket.generate({ ...packet, clientId }, { protocolVersion });
     clientIdAssigned = true;
   }

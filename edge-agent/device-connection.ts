@@ -3,6 +3,7 @@ import { effectiveKeepalive, parseConnack, refusalConnack, withAssignedClientId 
 import { isEdgemuxError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { MqttFramer, PacketType, packetTypeOf, PINGRESP_BYTES } from '../shared/mqtt-framing.js';
+import { topicProblem } from '../shared/mqtt-utf8.js';
 import type { MuxStream, StreamSink } from '../shared/mux-stream.js';
 import type { SocketBatcher } from '../shared/socket-batcher.js';
 import type { Tunnel } from '../shared/tunnel.js';
@@ -219,6 +220,14 @@ export class DeviceConnection implements StreamSink {
         // MQTT 3.1.1 §3.1.0: a second CONNECT is a protocol violation.
         this.fail('second CONNECT on one connection');
         return;
+      }
+      if (type === PacketType.PUBLISH || type === PacketType.SUBSCRIBE || type === PacketType.UNSUBSCRIBE) {
+        // Brokers that decode with replacement characters would merge distinct topics.
+        const problem = topicProblem(packet, type, this.protocolVersion);
+        if (problem !== null) {
+          this.fail(problem);
+          return;
+        }
       }
       if (packet.length > this.stream!.maxPeerPayload) {
         this.fail(`packet of ${packet.length} bytes is larger than the hub accepts (${this.stream!.maxPeerPayload})`);

@@ -137,3 +137,28 @@ export class PacketSizeGauge {
     }
   }
 }
+
+/**
+ * Checks one DATA payload of a device stream against docs/protocol.md
+ * section 6 by its fixed headers only: whole packets, a CONNECT first in the
+ * stream (`first`) and never again. The broker acts on the CONNECT it reads,
+ * so a CONNECT the hub has not checked must never reach it. Returns why the
+ * payload breaks the rules, or null.
+ */
+export function streamPayloadProblem(payload: Buffer, first: boolean, maxPacketSize: number): string | null {
+  let offset = 0;
+  while (offset < payload.length) {
+    let size: number;
+    try {
+      size = wholePacketSize(payload, offset, maxPacketSize);
+    } catch (err) {
+      return (err as Error).message;
+    }
+    if (size < 0 || offset + size > payload.length) return 'DATA payload ends inside an MQTT packet';
+    const isConnect = payload[offset] >> 4 === PacketType.CONNECT;
+    if (first && offset === 0 && !isConnect) return 'first packet of the stream is not CONNECT';
+    if (isConnect && !(first && offset === 0)) return 'CONNECT after the first packet of the stream';
+    offset += size;
+  }
+  return null;
+}

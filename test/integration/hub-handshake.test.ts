@@ -1,0 +1,75 @@
+import net from 'node:net';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { CloudHub } from '../../cloud-hub/hub.js';
+import { hubMetrics } from '../../cloud-hub/hub-metrics.js';
+import { EdgeAgent } from '../../edge-agent/agent.js';
+import { agentOptions, eventually, hubOptions, removePki, testPki } from '../support/chain.js';
+
+/** A TCP connection to the tunnel port that never starts its TLS handshake. */
+async function silentConnection(port: number): Promise<{ socket: net.Socket; closed: Promise<number> }> {
+  const socket = net.connect(port, '127.0.0.1');
+  await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+  socket.on('error', () => {});
+  const closed = new Promise<number>((resolve) => socket.once('close', () => resolve(Date.now())));
+  return { socket, closed };
+}
+
+async function metricValue(hub: CloudHub, name: string): Promise<number> {
+  const text = await hubMetrics(hub).metrics();
+  const line = text.split('\n').find((row) => row.startsWith(`${name} `));
+  return Number(line?.split(' ')[1]);
+}
+
+describe('tunnel port against strangers that never finish a handshake', () => {
+  let hub: CloudHub;
+  const sockets: net.Socket[] = [];
+  let agent: EdgeAgent | null = null;
+
+  afterEach(async () => {
+    for (const socket of sockets.splice(0)) socket.destroy();
+    await agent?.close();
+    agent = null;
+    await hub.close();
+  });
+  afterAll(removePki);
+
+  it('closes connections that do not finish the TLS handshake within the timeout, and counts them', async () => {
+    const { pki } = await testPki();
+    hub = await CloudHub.start(hubOptions(pki, { handshakeTimeoutMs: 300 }));
+    const started = Date.now();
+    const stalled = await Promise.all(Array.from({ length: 20 }, () => silentConnection(hub.tunnelAddress.port)));
+    sockets.push(...stalled.map(({ socket }) => socket));
+
+    const closedAt = await Promise.all(stalled.map(({ closed }) => closed));
+    for (const at of closedAt) {
+      expect(at - started).toBeGreaterThanOrEqual(250);
+      expect(at - started).toBeLessThan(5000);
+    }
+    await eventually(() => hub.stats().unauthenticated === 0, 2000, 'the hub to forget the closed connections');
+    expect(hub.stats().handshakeTimeouts).toBe(20);
+    expect(await metricValue(hub, 'edgemux_hub_tunnel_handshake_timeouts_total')).toBe(20);
+  });
+
+  it('closes connections past the unauthenticated limit on accept, and not agents that said HELLO', async () => {
+    const { pki } = await testPki();
+    hub = await CloudHub.start(hubOptions(pki, { handshakeTimeoutMs: 60_000, maxUnauthenticated: 3 }));
+    const held = await Promise.all(Array.from({ length: 3 }, () => silentConnection(hub.tunnelAddress.port)));
+    sockets.push(...held.map(({ socket }) => socket));
+    await eventually(() => hub.stats().unauthenticated === 3, 2000, 'three unauthenticated connections');
+
+    const extra = await silentConnection(hub.tunnelAddress.port);
+    sockets.push(extra.socket);
+    await extra.closed;
+    expect(held.map(({ socket }) => socket.destroyed)).toEqual([false, false, false]);
+    expect(hub.stats().unauthenticatedRefused).toBe(1);
+    expect(await metricValue(hub, 'edgemux_hub_tunnel_unauthenticated_refused_total')).toBe(1);
+    expect(await metricValue(hub, 'edgemux_hub_tunnel_unauthenticated')).toBe(3);
+
+    // One slot freed: an agent gets in, and once past HELLO it no longer takes a slot.
+    held[0].socket.destroy();
+    await eventually(() => hub.stats().unauthenticated === 2, 2000, 'a free slot');
+    agent = await EdgeAgent.start(agentOptions(pki, hub.tunnelAddress.port, { tunnels: 1 }));
+    await agent.pool.waitForTunnels(1);
+    expect(hub.stats()).toMatchObject({ tunnels: 1, unauthenticated: 2 });
+  });
+});
