@@ -20,6 +20,7 @@
 import { EventEmitter } from 'node:events';
 import { EdgemuxError } from '../shared/errors.js';
 import Database from 'better-sqlite3';
+import { openStateFile } from './sqlite-file.js';
 
 export interface AgentRow {
   agent_id: string;
@@ -170,7 +171,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
       this.db = db;
       this.#ownsDb = false;
     } else {
-      this.db = new Database(db.path);
+      this.db = openStateFile(db.path);
       this.#ownsDb = true;
       this.db.pragma('journal_mode = WAL');
       this.db.pragma('synchronous = NORMAL');

@@ -28,6 +28,7 @@ import { EdgemuxError } from '../shared/errors.js';
 import { Readable } from 'node:stream';
 import Database from 'better-sqlite3';
 import { Packr } from 'msgpackr';
+import { openStateFile } from './sqlite-file.js';
 
 const require = createRequire(import.meta.url);
 
@@ -299,7 +300,7 @@ export class SqlitePersistence {
       this.db = options.db;
       this.#ownsDb = false;
     } else {
-      this.db = new Database(options.path);
+      this.db = openStateFile(options.path);
       this.#ownsDb = true;
       this.db.pragma('journal_mode = WAL');
       this.db.pragma(`synchronous = ${options.synchronous ?? 'NORMAL'}`);
