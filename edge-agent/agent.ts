@@ -1,4 +1,4 @@
-import net, { type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { type CloseBody, type ControlFrame, FrameType } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
@@ -6,6 +6,7 @@ import { SocketBatcher } from '../shared/socket-batcher.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import type { DeviceConnect } from './connect-packet.js';
 import { DeviceConnection, type DeviceHost } from './device-connection.js';
+import { DeviceListener, type DeviceListenerOptions, type ListenerType } from './device-listeners.js';
 import { type HubAddress, TunnelPool } from './tunnel-pool.js';
 
 export type DeviceStream = MuxStream<DeviceConnection, Tunnel>;
@@ -18,6 +19,8 @@ export interface AgentOptions {
   devicePort: number;
   /** Kernel accept queue of the device port; node's own default (511) overflows in connect storms. */
   deviceBacklog?: number;
+  /** Where devices connect, over TCP, TLS or WebSocket; when absent, plain TCP on deviceHost:devicePort. */
+  listeners?: DeviceListenerOptions[];
   hubs: HubAddress[];
   tunnels: number;
   tls: { ca: string; cert: string; key: string };
@@ -85,10 +88,9 @@ export class EdgeAgent implements DeviceHost {
   private nextStreamId = 1;
   private readonly sweep: NodeJS.Timeout;
 
-  private constructor(
-    private readonly options: AgentOptions,
-    private readonly server: net.Server,
-  ) {
+  private readonly listeners: DeviceListener[] = [];
+
+  private constructor(private readonly options: AgentOptions) {
     this.log = options.log;
     this.maxPacketSize = options.maxPacketSize;
     this.assignedIdPrefix = `emx-${options.agentId}-`;
@@ -113,28 +115,41 @@ export class EdgeAgent implements DeviceHost {
     this.pool.on('down', (tunnel) => this.onTunnelDown(tunnel));
     this.pool.on('up', () => this.resumeDetached());
     this.pool.on('gave-up', () => this.resumeDetached());
-    server.on('connection', (socket) => this.devices.add(new DeviceConnection(socket, this)));
     this.sweep = setInterval(() => this.sweepDevices(), SWEEP_INTERVAL_MS);
     this.sweep.unref();
   }
 
   static async start(options: AgentOptions): Promise<EdgeAgent> {
-    const server = net.createServer({ noDelay: true });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ port: options.devicePort, host: options.deviceHost, backlog: options.deviceBacklog ?? DEFAULT_DEVICE_BACKLOG }, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    const agent = new EdgeAgent(options, server);
+    const agent = new EdgeAgent(options);
+    const wanted = options.listeners ?? [{ type: 'tcp', host: options.deviceHost, port: options.devicePort }];
+    try {
+      for (const listener of wanted) {
+        agent.listeners.push(
+          await DeviceListener.start(
+            { backlog: options.deviceBacklog ?? DEFAULT_DEVICE_BACKLOG, ...listener },
+            options.maxPacketSize,
+            (socket, identity) => agent.devices.add(new DeviceConnection(socket, agent, identity)),
+            options.log,
+          ),
+        );
+      }
+    } catch (err) {
+      await agent.close();
+      throw err;
+    }
     agent.pool.start();
-    options.log.info({ devices: agent.deviceAddress, hubs: options.hubs, tunnels: options.tunnels }, 'agent listening');
+    options.log.info({ devices: agent.deviceAddresses, hubs: options.hubs, tunnels: options.tunnels }, 'agent listening');
     return agent;
   }
 
+  /** The first listener's address (the plain TCP one unless `listeners` says otherwise). */
   get deviceAddress(): AddressInfo {
-    return this.server.address() as AddressInfo;
+    return this.listeners[0].address;
+  }
+
+  /** Every listener's address, in the order they were configured. */
+  get deviceAddresses(): (AddressInfo & { type: ListenerType })[] {
+    return this.listeners.map((listener) => ({ type: listener.options.type, ...listener.address }));
   }
 
   stats(): AgentStats {
@@ -196,7 +211,7 @@ export class EdgeAgent implements DeviceHost {
     for (const device of this.devices) device.socket.destroy();
     await new Promise((resolve) => setImmediate(resolve));
     this.pool.stop();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await Promise.all(this.listeners.map((listener) => listener.close()));
   }
 
   private onStreamControl(tunnel: Tunnel, frame: ControlFrame): void {

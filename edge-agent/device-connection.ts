@@ -1,4 +1,3 @@
-import type { Socket } from 'node:net';
 import { effectiveKeepalive, parseConnack, refusalConnack, withAssignedClientId } from '../shared/connack.js';
 import { isEdgemuxError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
@@ -6,7 +5,8 @@ import { MqttFramer, PacketType, packetTypeOf, PINGRESP_BYTES } from '../shared/
 import type { MuxStream, StreamSink } from '../shared/mux-stream.js';
 import type { SocketBatcher } from '../shared/socket-batcher.js';
 import type { Tunnel } from '../shared/tunnel.js';
-import { admitConnect, type DeviceConnect } from './connect-packet.js';
+import { admitConnect, type DeviceConnect, type DeviceIdentity } from './connect-packet.js';
+import type { DeviceSocket } from './device-listeners.js';
 
 export type DeviceState = 'awaiting-connect' | 'attached' | 'draining' | 'closed';
 
@@ -34,15 +34,15 @@ const HELD_BYTES_LIMIT = 64 * 1024;
 const DRAIN_TIMEOUT_MS = 10_000;
 /** Each socket points to its device, so one set of listeners serves every device instead of closures per device. */
 const DEVICE = Symbol('device');
-type DeviceSocket = Socket & { [DEVICE]: DeviceConnection };
+type TaggedSocket = DeviceSocket & { [DEVICE]: DeviceConnection };
 
-function onDeviceBytes(this: DeviceSocket, chunk: Buffer): void {
+function onDeviceBytes(this: TaggedSocket, chunk: Buffer): void {
   this[DEVICE].onBytes(chunk);
 }
-function onDeviceDrain(this: DeviceSocket): void {
+function onDeviceDrain(this: TaggedSocket): void {
   this[DEVICE].onDrain();
 }
-function onDeviceClose(this: DeviceSocket): void {
+function onDeviceClose(this: TaggedSocket): void {
   this[DEVICE].onSocketClosed();
 }
 function ignoreDeviceError(): void {
@@ -82,12 +82,14 @@ export class DeviceConnection implements StreamSink {
   private disconnectSeen = false;
 
   constructor(
-    readonly socket: Socket,
+    readonly socket: DeviceSocket,
     private readonly host: DeviceHost,
+    /** From the device's certificate, on listeners that name devices by it. */
+    private readonly identity: DeviceIdentity | null = null,
   ) {
     this.timerStart = Date.now();
     this.framer = new MqttFramer(host.maxPacketSize);
-    (socket as DeviceSocket)[DEVICE] = this;
+    (socket as TaggedSocket)[DEVICE] = this;
     socket.on('data', onDeviceBytes);
     socket.on('error', ignoreDeviceError);
     socket.on('close', onDeviceClose);
@@ -220,7 +222,7 @@ export class DeviceConnection implements StreamSink {
   }
 
   private onConnect(packet: Buffer): void {
-    const verdict = admitConnect(packet, this.host.assignedIdPrefix);
+    const verdict = admitConnect(packet, this.host.assignedIdPrefix, this.identity);
     if (!verdict.ok) {
       this.refuse(verdict.reason, verdict.connack);
       return;
