@@ -105,6 +105,8 @@ export class DeviceListener {
     if (type === 'tls' || type === 'wss') {
       this.server.on('tlsClientError', (err: Error, socket: TLSSocket) => {
         log.info({ listener: type, remote: socket.remoteAddress, reason: err.message }, 'device TLS handshake failed');
+        // A handshake timeout only reports; the socket would stay open.
+        socket.destroy();
       });
     }
     if (type === 'ws' || type === 'wss') this.wireWebSocket(maxPacketSize, onDevice, log);

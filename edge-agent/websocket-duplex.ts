@@ -29,9 +29,9 @@ export class WebSocketDuplex extends Duplex {
     ws.on('error', (err) => this.destroy(err));
   }
 
-  /** Bytes written by the agent and not yet taken by the kernel. */
+  /** Bytes written by the agent and not yet taken by the kernel: a write completes once its socket write does. */
   get bufferedBytes(): number {
-    return this.writableLength + this.ws.bufferedAmount;
+    return this.writableLength;
   }
 
   override _read(): void {
