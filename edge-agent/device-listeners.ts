@@ -176,8 +176,9 @@ function createServer(options: DeviceListenerOptions): net.Server {
       minVersion: 'TLSv1.2',
     };
   };
-  // A peer that opens a connection and never completes the upgrade is closed
-  // after handshakeTimeout; node checks these timers every connectionsCheckingInterval.
+  // A peer that sends a request slowly is closed after handshakeTimeout (node
+  // checks every connectionsCheckingInterval); one that sends nothing at all
+  // is left to the idle timeout set on the server below, which ws clears on upgrade.
   const httpLimits: http.ServerOptions = {
     headersTimeout: handshakeTimeout,
     requestTimeout: handshakeTimeout,
@@ -190,8 +191,8 @@ function createServer(options: DeviceListenerOptions): net.Server {
     case 'tls':
       return tls.createServer(secure());
     case 'ws':
-      return http.createServer(httpLimits);
+      return http.createServer(httpLimits).setTimeout(handshakeTimeout);
     case 'wss':
-      return https.createServer({ ...secure(), ...httpLimits });
+      return https.createServer({ ...secure(), ...httpLimits }).setTimeout(handshakeTimeout);
   }
 }

@@ -181,7 +181,8 @@ describe('device listeners: MQTT over TLS and WebSocket at the agent', () => {
     expect(await oversized.closed).toBe(1009);
   });
 
-  it('closes a peer that never completes its TLS handshake or WebSocket upgrade', async () => {
+  it('closes a peer that never completes its TLS handshake or WebSocket upgrade, and only such a peer', async () => {
+    const idle = await connect(`ws://127.0.0.1:${port(WS)}/mqtt`, { clientId: 'ws-idle', keepalive: 0 });
     for (const index of [TLS_OPEN, WS]) {
       const started = Date.now();
       const silent = net.connect(port(index), '127.0.0.1');
@@ -191,6 +192,9 @@ describe('device listeners: MQTT over TLS and WebSocket at the agent', () => {
       expect(waited).toBeGreaterThanOrEqual(HANDSHAKE_TIMEOUT_MS - 50);
       expect(waited).toBeLessThan(HANDSHAKE_TIMEOUT_MS + 2000);
     }
+    // Silent past the handshake timeout, but upgraded: still connected.
+    expect(idle.connected).toBe(true);
+    await roundTrip(idle, 'ws-idle');
   });
 
   it('holds back a WebSocket device that stops reading: the hub keeps the backlog, the agent buffers at most a window', async () => {
