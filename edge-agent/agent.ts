@@ -1,4 +1,4 @@
-import net, { type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { assignedIdPrefix } from '../shared/assigned-client-id.js';
 import { type CloseBody, type ControlFrame, FrameType } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
@@ -7,6 +7,7 @@ import { SocketBatcher } from '../shared/socket-batcher.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import type { DeviceConnect } from './connect-packet.js';
 import { DeviceConnection, type DeviceHost } from './device-connection.js';
+import { DeviceListener, type DeviceListenerOptions, type ListenerType } from './device-listeners.js';
 import { type HubAddress, TunnelPool } from './tunnel-pool.js';
 
 export type DeviceStream = MuxStream<DeviceConnection, Tunnel>;
@@ -19,6 +20,8 @@ export interface AgentOptions {
   devicePort: number;
   /** Kernel accept queue of the device port; node's own default (511) overflows in connect storms. */
   deviceBacklog?: number;
+  /** Where devices connect, over TCP, TLS or WebSocket; when absent, plain TCP on deviceHost:devicePort. */
+  listeners?: DeviceListenerOptions[];
   hubs: HubAddress[];
   tunnels: number;
   tls: { ca: string; cert: string; key: string };
@@ -88,10 +91,9 @@ export class EdgeAgent implements DeviceHost {
   /** Hubs (HELLO id) that said goodbye and have not come back: none of their streams can resume. */
   private readonly departedHubs = new Set<string>();
 
-  private constructor(
-    private readonly options: AgentOptions,
-    private readonly server: net.Server,
-  ) {
+  private readonly listeners: DeviceListener[] = [];
+
+  private constructor(private readonly options: AgentOptions) {
     this.log = options.log;
     this.maxPacketSize = options.maxPacketSize;
     this.assignedIdPrefix = assignedIdPrefix(options.agentId);
@@ -119,28 +121,41 @@ export class EdgeAgent implements DeviceHost {
       this.resumeDetached();
     });
     this.pool.on('gave-up', () => this.resumeDetached());
-    server.on('connection', (socket) => this.devices.add(new DeviceConnection(socket, this)));
     this.sweep = setInterval(() => this.sweepDevices(), SWEEP_INTERVAL_MS);
     this.sweep.unref();
   }
 
   static async start(options: AgentOptions): Promise<EdgeAgent> {
-    const server = net.createServer({ noDelay: true });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ port: options.devicePort, host: options.deviceHost, backlog: options.deviceBacklog ?? DEFAULT_DEVICE_BACKLOG }, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    const agent = new EdgeAgent(options, server);
+    const agent = new EdgeAgent(options);
+    const wanted = options.listeners ?? [{ type: 'tcp', host: options.deviceHost, port: options.devicePort }];
+    try {
+      for (const listener of wanted) {
+        agent.listeners.push(
+          await DeviceListener.start(
+            { backlog: options.deviceBacklog ?? DEFAULT_DEVICE_BACKLOG, ...listener },
+            options.maxPacketSize,
+            (socket, identity) => agent.devices.add(new DeviceConnection(socket, agent, identity)),
+            options.log,
+          ),
+        );
+      }
+    } catch (err) {
+      await agent.close();
+      throw err;
+    }
     agent.pool.start();
-    options.log.info({ devices: agent.deviceAddress, hubs: options.hubs, tunnels: options.tunnels }, 'agent listening');
+    options.log.info({ devices: agent.deviceAddresses, hubs: options.hubs, tunnels: options.tunnels }, 'agent listening');
     return agent;
   }
 
+  /** The first listener's address (the plain TCP one unless `listeners` says otherwise). */
   get deviceAddress(): AddressInfo {
-    return this.server.address() as AddressInfo;
+    return this.listeners[0].address;
+  }
+
+  /** Every listener's address, in the order they were configured. */
+  get deviceAddresses(): (AddressInfo & { type: ListenerType })[] {
+    return this.listeners.map((listener) => ({ type: listener.options.type, ...listener.address }));
   }
 
   stats(): AgentStats {
@@ -205,11 +220,11 @@ export class EdgeAgent implements DeviceHost {
    */
   async close(): Promise<void> {
     clearInterval(this.sweep);
-    const listenerClosed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const listenersClosed = Promise.all(this.listeners.map((listener) => listener.close()));
     const devicesClosed = [...this.devices].map((device) => device.shutDown('agent shutting down'));
     await this.pool.stop('agent shutting down');
     await Promise.all(devicesClosed);
-    await listenerClosed;
+    await listenersClosed;
   }
 
   private onStreamControl(tunnel: Tunnel, frame: ControlFrame): void {

@@ -14,6 +14,15 @@ export interface DeviceConnect {
   clientIdAssigned: boolean;
 }
 
+/** Which CONNECT fields a device's certificate name replaces (as Mosquitto's use_identity_as_*). */
+export type IdentityAs = 'clientId' | 'username' | 'both';
+
+/** A device's name from its verified client certificate. */
+export interface DeviceIdentity {
+  name: string;
+  as: IdentityAs;
+}
+
 export type ConnectVerdict =
   | { ok: true; connect: DeviceConnect }
   | { ok: false; reason: string; connack: Buffer };
@@ -24,14 +33,26 @@ export type ConnectVerdict =
  * assign one when clean session is set and requires refusal otherwise.
  * Throws E_MQTT_MALFORMED for a CONNECT the device must be disconnected for
  * without a CONNACK, such as a client ID that is not well-formed UTF-8.
+ *
+ * A device known by its certificate is named by it: the name replaces what
+ * the device put in the CONNECT, in the bytes themselves, because those are
+ * what the hub checks and the broker reads.
  */
-export function admitConnect(bytes: Buffer, assignPrefix: string): ConnectVerdict {
+export function admitConnect(bytes: Buffer, assignPrefix: string, identity: DeviceIdentity | null = null): ConnectVerdict {
   const packet = parseConnect(bytes);
   const protocolVersion = packet.protocolVersion ?? 4;
   const cleanSession = packet.clean ?? true;
   let clientId = packet.clientId;
+  let username = packet.username;
   let forwarded = bytes;
   let clientIdAssigned = false;
+  if (identity !== null) {
+    if (identity.as !== 'username') clientId = identity.name;
+    if (identity.as !== 'clientId') username = identity.name;
+    if (clientId !== packet.clientId || username !== packet.username) {
+      forwarded = mqttPacket.generate({ ...packet, clientId, username }, { protocolVersion });
+    }
+  }
   if (clientId.length === 0) {
     if (!cleanSession) {
       return {
@@ -41,7 +62,7 @@ export function admitConnect(bytes: Buffer, assignPrefix: string): ConnectVerdic
       };
     }
     clientId = assignClientId(assignPrefix);
-    forwarded = mqttPacket.generate({ ...packet, clientId }, { protocolVersion });
+    forwarded = mqttPacket.generate({ ...packet, clientId, username }, { protocolVersion });
     clientIdAssigned = true;
   }
   return {
@@ -51,7 +72,7 @@ export function admitConnect(bytes: Buffer, assignPrefix: string): ConnectVerdic
       protocolVersion,
       keepaliveSeconds: packet.keepalive ?? 0,
       cleanSession,
-      username: packet.username,
+      username,
       bytes: forwarded,
       clientIdAssigned,
     },

@@ -1,4 +1,3 @@
-import type { Socket } from 'node:net';
 import { effectiveKeepalive, parseConnack, refusalConnack, withAssignedClientId } from '../shared/connack.js';
 import { isEdgemuxError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
@@ -7,7 +6,8 @@ import { topicProblem } from '../shared/mqtt-utf8.js';
 import type { MuxStream, StreamSink } from '../shared/mux-stream.js';
 import type { SocketBatcher } from '../shared/socket-batcher.js';
 import type { Tunnel } from '../shared/tunnel.js';
-import { admitConnect, type DeviceConnect } from './connect-packet.js';
+import { admitConnect, type DeviceConnect, type DeviceIdentity } from './connect-packet.js';
+import type { DeviceSocket } from './device-listeners.js';
 
 export type DeviceState = 'awaiting-connect' | 'attached' | 'draining' | 'closed';
 
@@ -39,15 +39,15 @@ const SHUTDOWN_LINGER_MS = 2_000;
 const DISCONNECT_SERVER_SHUTTING_DOWN = Buffer.from([0xe0, 0x02, 0x8b, 0x00]);
 /** Each socket points to its device, so one set of listeners serves every device instead of closures per device. */
 const DEVICE = Symbol('device');
-type DeviceSocket = Socket & { [DEVICE]: DeviceConnection };
+type TaggedSocket = DeviceSocket & { [DEVICE]: DeviceConnection };
 
-function onDeviceBytes(this: DeviceSocket, chunk: Buffer): void {
+function onDeviceBytes(this: TaggedSocket, chunk: Buffer): void {
   this[DEVICE].onBytes(chunk);
 }
-function onDeviceDrain(this: DeviceSocket): void {
+function onDeviceDrain(this: TaggedSocket): void {
   this[DEVICE].onDrain();
 }
-function onDeviceClose(this: DeviceSocket): void {
+function onDeviceClose(this: TaggedSocket): void {
   this[DEVICE].onSocketClosed();
 }
 function ignoreDeviceError(): void {
@@ -87,12 +87,14 @@ export class DeviceConnection implements StreamSink {
   private disconnectSeen = false;
 
   constructor(
-    readonly socket: Socket,
+    readonly socket: DeviceSocket,
     private readonly host: DeviceHost,
+    /** From the device's certificate, on listeners that name devices by it. */
+    private readonly identity: DeviceIdentity | null = null,
   ) {
     this.timerStart = Date.now();
     this.framer = new MqttFramer(host.maxPacketSize);
-    (socket as DeviceSocket)[DEVICE] = this;
+    (socket as TaggedSocket)[DEVICE] = this;
     socket.on('data', onDeviceBytes);
     socket.on('error', ignoreDeviceError);
     socket.on('close', onDeviceClose);
@@ -262,7 +264,7 @@ export class DeviceConnection implements StreamSink {
   }
 
   private onConnect(packet: Buffer): void {
-    const verdict = admitConnect(packet, this.host.assignedIdPrefix);
+    const verdict = admitConnect(packet, this.host.assignedIdPrefix, this.identity);
     if (!verdict.ok) {
       this.refuse(verdict.reason, verdict.connack);
       return;

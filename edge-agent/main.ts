@@ -3,7 +3,8 @@ import { parseHostPort } from '../shared/config-loader.js';
 import { createLogger, type Logger } from '../shared/logger.js';
 import { ensureDevPki } from '../shared/pki.js';
 import { EdgeAgent } from './agent.js';
-import type { AgentConfig } from './config.js';
+import { type AgentConfig, DEFAULT_LISTEN, deviceListeners, type ListenerConfig } from './config.js';
+import type { DeviceListenerOptions } from './device-listeners.js';
 import type { HubAddress } from './tunnel-pool.js';
 
 /** Starts an agent from validated configuration. */
@@ -16,9 +17,10 @@ export async function startAgent(
   return EdgeAgent.start({
     agentId: config.agentId,
     worker,
-    deviceHost: config.listen.host,
-    devicePort: config.listen.port,
+    deviceHost: config.listen.host ?? DEFAULT_LISTEN.host,
+    devicePort: config.listen.port ?? DEFAULT_LISTEN.port,
     deviceBacklog: config.listen.backlog,
+    listeners: deviceListeners(config).map(listenerOptions),
     hubs: hubAddresses(config),
     tunnels: config.tunnels,
     tls,
@@ -34,6 +36,21 @@ export async function startAgent(
     reconnectProbeMs: config.reconnectProbeMs,
     log,
   });
+}
+
+/** A configured listener with its PEM files read, each failure naming its key. */
+function listenerOptions(listener: ListenerConfig, index: number): DeviceListenerOptions {
+  if (listener.type === 'tcp' || listener.type === 'ws') return listener;
+  const { cert, key, ca, ...rest } = listener;
+  const at = `listeners[${index}]`;
+  return {
+    ...rest,
+    tls: {
+      cert: readPem(cert, `${at}.cert`),
+      key: readPem(key, `${at}.key`),
+      ca: ca === undefined ? undefined : readPem(ca, `${at}.ca`),
+    },
+  };
 }
 
 export function hubAddresses(config: AgentConfig): HubAddress[] {
