@@ -1,4 +1,5 @@
 import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { Aedes } from 'aedes';
 import type { IConnectPacket } from 'mqtt-packet';
@@ -343,6 +344,23 @@ export class CloudHub {
     }
     socket.setNoDelay(true);
     const fingerprint = (socket.getPeerCertificate().fingerprint256 ?? '').replaceAll(':', '').toLowerCase();
+    this.runTunnel(socket, agentId, fingerprint, log);
+  }
+
+  /**
+   * Serves a tunnel over a connection whose peer was authenticated outside
+   * the hub's TLS listener, as agent `agentId`: an in-memory pair in the
+   * protocol conformance tests, a transport terminated elsewhere. Everything
+   * from HELLO on is as for a tunnel on the tunnel port, and the connection
+   * counts as unauthenticated until its HELLO is accepted.
+   */
+  acceptAuthenticatedConnection(socket: Duplex, agentId: string, fingerprint = ''): void {
+    this.tunnelConnections++;
+    socket.once('close', () => this.tunnelConnections--);
+    this.runTunnel(socket, agentId, fingerprint, this.options.log.child({ agentId }));
+  }
+
+  private runTunnel(socket: Duplex, agentId: string, fingerprint: string, log: Logger): void {
     const tunnel = new Tunnel(socket, {
       maxFramePayload: this.options.maxPacketSize,
       heartbeatMs: this.options.heartbeatMs,
