@@ -161,6 +161,41 @@ describe.each(transports)('hub conformance over $name', (transport) => {
     });
   });
 
+  describe('GOODBYE', () => {
+    it('refuses a second instance of a live identity with GOODBYE identity-in-use in place of HELLO', async () => {
+      const worker = nextWorker++;
+      await ready({ worker });
+      const second = await connect();
+      second.send({ type: FrameType.HELLO, streamId: 0, body: RawAgent.hello({ worker }) });
+      await second.waitClosed();
+      expect(second.received().map((frame) => frame.type)).toEqual([FrameType.GOODBYE]);
+      expect(bodyOf(second.received()[0], FrameType.GOODBYE).code).toBe('identity-in-use');
+    });
+
+    it('ends only the tunnel on an agent GOODBYE unsupported-version, and every session on GOODBYE shutdown', async () => {
+      const hello = RawAgent.hello({ worker: nextWorker++ });
+      const carrier = await connect();
+      await carrier.handshake(hello);
+      await openDevice(carrier, 1, 'conformance-goodbye');
+      const refusing = await connect();
+      await refusing.handshake(hello);
+      refusing.send({ type: FrameType.GOODBYE, streamId: 0, body: { code: 'unsupported-version', reason: 'agent wants version 2' } });
+      await refusing.waitClosed();
+      // The instance has not departed: losing its other tunnel leaves the session waiting to resume.
+      carrier.destroy();
+      await expect.poll(() => hub.stats().detached).toBe(1);
+      expect(hub.stats().sessions).toBe(1);
+
+      const resumed = await connect();
+      await resumed.handshake(hello);
+      resumed.send({ type: FrameType.RESUME, streamId: 1, body: { clientId: 'conformance-goodbye', window: STREAM_WINDOW, received: total(carrier.dataOf(1)), attempt: 1 } });
+      await resumed.next((frame) => frame.streamId === 1 && frame.type === FrameType.ACCEPT);
+      resumed.send({ type: FrameType.GOODBYE, streamId: 0, body: { code: 'shutdown', reason: 'agent stopping' } });
+      await resumed.waitClosed();
+      await expect.poll(() => hub.stats().sessions).toBe(0);
+    });
+  });
+
   describe('PING and PONG', () => {
     it('answers PING with PONG carrying the same body, before HELLO and after', async () => {
       const agent = await connect();
