@@ -1,10 +1,12 @@
 import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { Aedes } from 'aedes';
 import type { IConnectPacket } from 'mqtt-packet';
 import { refusalConnack } from '../shared/connack.js';
 import { EdgemuxError, isEdgemuxError } from '../shared/errors.js';
-import { type ControlFrame, FrameType, type OpenBody, PROTOCOL_VERSION, type ResumeBody } from '../shared/frame-codec.js';
+import { type ControlFrame, FrameType, type OpenBody, type ResumeBody } from '../shared/frame-codec.js';
+import { applyHello, buildHello, checkHello, refuseHello } from '../shared/hello.js';
 import type { Logger } from '../shared/logger.js';
 import { parseConnect } from '../shared/mqtt-connect.js';
 import { MuxStream } from '../shared/mux-stream.js';
@@ -342,6 +344,23 @@ export class CloudHub {
     }
     socket.setNoDelay(true);
     const fingerprint = (socket.getPeerCertificate().fingerprint256 ?? '').replaceAll(':', '').toLowerCase();
+    this.runTunnel(socket, agentId, fingerprint, log);
+  }
+
+  /**
+   * Serves a tunnel over a connection whose peer was authenticated outside
+   * the hub's TLS listener, as agent `agentId`: an in-memory pair in the
+   * protocol conformance tests, a transport terminated elsewhere. Everything
+   * from HELLO on is as for a tunnel on the tunnel port, and the connection
+   * counts as unauthenticated until its HELLO is accepted.
+   */
+  acceptAuthenticatedConnection(socket: Duplex, agentId: string, fingerprint = ''): void {
+    this.tunnelConnections++;
+    socket.once('close', () => this.tunnelConnections--);
+    this.runTunnel(socket, agentId, fingerprint, this.options.log.child({ agentId }));
+  }
+
+  private runTunnel(socket: Duplex, agentId: string, fingerprint: string, log: Logger): void {
     const tunnel = new Tunnel(socket, {
       maxFramePayload: this.options.maxPacketSize,
       heartbeatMs: this.options.heartbeatMs,
@@ -361,12 +380,12 @@ export class CloudHub {
           return;
         }
         clearTimeout(helloTimer);
-        if (frame.body.version !== PROTOCOL_VERSION || frame.body.role !== 'agent') {
-          log.warn({ reason: `HELLO version ${frame.body.version} role ${frame.body.role}` }, 'tunnel refused');
-          tunnel.close(`unsupported protocol version ${frame.body.version} or role ${frame.body.role}`);
+        const check = checkHello(frame.body, 'agent');
+        if (!check.accepted) {
+          log.warn({ helloId: frame.body.id, version: frame.body.version, role: frame.body.role, reason: check.reason }, 'tunnel refused');
+          refuseHello(tunnel, check);
           return;
         }
-        tunnel.peerMaxFramePayload = frame.body.maxFramePayload;
         const admitted = this.registerAgent(agentId, frame.body.worker ?? 0, frame.body.instance, log);
         if (typeof admitted === 'string') {
           this.refusedTunnels++;
@@ -375,23 +394,21 @@ export class CloudHub {
           void tunnel.goodbye('identity-in-use', admitted);
           return;
         }
+        applyHello(tunnel, frame.body, check.capabilities);
         record = admitted;
         record.tunnels.add(tunnel);
         this.helloTunnels++;
         this.registry?.agentConnected(agentId, fingerprint, record.tunnels.size);
-        tunnel.send({
-          type: FrameType.HELLO,
-          streamId: 0,
-          body: {
-            version: PROTOCOL_VERSION,
+        tunnel.send(
+          buildHello({
             role: 'hub',
             id: this.options.hubId,
             heartbeatMs: this.options.heartbeatMs,
             streamWindow: this.options.streamWindow,
             maxFramePayload: this.options.maxPacketSize,
             instance: this.options.hubId,
-          },
-        });
+          }),
+        );
         log.info('agent tunnel up');
         return;
       }
@@ -403,7 +420,8 @@ export class CloudHub {
       this.onStreamControl(tunnel, record, frame, log);
     });
     tunnel.on('goodbye', (body) => {
-      if (record === null) return;
+      // An agent refusing our HELLO's version gives up this tunnel, not its sessions.
+      if (record === null || body.code === 'unsupported-version') return;
       log.info({ code: body.code, reason: body.reason, sessions: record.streams.size }, 'agent said goodbye; ending its sessions');
       record.departed = true;
       // Detached sessions have no tunnel left to end them; the attached ones end with their tunnel (below).

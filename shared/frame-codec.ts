@@ -47,6 +47,11 @@ export interface HelloBody {
    * hub seeing a new agent instance ends the sessions of the old one at once.
    */
   instance: string;
+  /**
+   * Features the sender supports within its major version (shared/hello.ts).
+   * Absent in HELLOs from peers that predate the list.
+   */
+  capabilities?: string[];
 }
 
 export interface OpenBody {
@@ -90,10 +95,11 @@ export interface PingBody {
 /**
  * Why a side says goodbye. `shutdown`: its process is stopping gracefully.
  * `identity-in-use`: the hub refuses a tunnel, in place of its HELLO, because
- * another instance of the agent holds live tunnels. Receivers take a code they
- * do not know as `shutdown`.
+ * another instance of the agent holds live tunnels. `unsupported-version`: a
+ * side refuses a HELLO of another major version; only the tunnel ends.
+ * Receivers take a code they do not know as `shutdown`.
  */
-export type GoodbyeCode = 'shutdown' | 'identity-in-use';
+export type GoodbyeCode = 'shutdown' | 'identity-in-use' | 'unsupported-version';
 
 export interface GoodbyeBody {
   code: GoodbyeCode | (string & {});
@@ -166,6 +172,10 @@ function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
+function isStringList(value: unknown): value is string[] {
+  return Array.isArray(value) && value.every((entry) => typeof entry === 'string');
+}
+
 /** 'count' is a non-negative safe integer: windows, offsets and intervals are never NaN, negative or fractional. */
 type FieldKind = 'string' | 'number' | 'boolean' | 'count';
 
@@ -214,6 +224,9 @@ export function decodeControlBody(type: number, streamId: number, payload: Buffe
   }
   if (type === FrameType.HELLO && body.worker !== undefined && !fieldMatches(body.worker, 'count')) {
     throw new EdgemuxError('E_FRAME_MALFORMED', `HELLO: worker must be a non-negative integer`);
+  }
+  if (type === FrameType.HELLO && body.capabilities !== undefined && !isStringList(body.capabilities)) {
+    throw new EdgemuxError('E_FRAME_MALFORMED', `HELLO: capabilities must be an array of strings`);
   }
   return { type, streamId, body } as unknown as ControlFrame;
 }

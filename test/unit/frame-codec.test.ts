@@ -294,6 +294,14 @@ describe('frame codec: hostile input', () => {
     );
   });
 
+  it('rejects a HELLO whose capabilities are not an array of strings', () => {
+    const hello = VALID_BODIES[FrameType.HELLO];
+    for (const capabilities of ['goodbye', ['goodbye', 7], { goodbye: true }, null]) {
+      expect(errorCodeOf(() => decodeFrames(controlFrameWithBody(FrameType.HELLO, { ...hello, capabilities }), MAX_PAYLOAD))).toBe('E_FRAME_MALFORMED');
+    }
+    expect(decodeFrames(controlFrameWithBody(FrameType.HELLO, { ...hello, capabilities: [] }), MAX_PAYLOAD)).toHaveLength(1);
+  });
+
   it('rejects unknown frame types', () => {
     fc.assert(
       fc.property(fc.integer({ min: FrameType.GOODBYE + 1, max: 255 }), streamId, fc.uint8Array({ maxLength: 20 }), (type, id, payload) => {
