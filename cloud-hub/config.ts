@@ -98,6 +98,10 @@ export const hubConfigSchema = z.strictObject({
 }).refine((config) => config.tls !== undefined || config.devPki !== undefined, {
   message: 'set tls (ca, cert, key file paths) or devPki (a directory for a development PKI)',
   path: ['tls'],
+}).refine((config) => config.app.maxPacketSize <= config.maxPacketSize, {
+  // A message the tunnel cannot carry would be accepted only to be dropped for every subscriber.
+  message: 'must not exceed maxPacketSize, the largest packet a tunnel carries to a device',
+  path: ['app', 'maxPacketSize'],
 });
 
 export type HubConfig = z.output<typeof hubConfigSchema>;

@@ -32,6 +32,11 @@ export function hubMetrics(hub: CloudHub): Registry {
   total('edgemux_hub_registry_flush_failures_total', 'Registry flushes that failed and were retried', () => hub.registry?.stats.flushFailures ?? 0);
   total('edgemux_hub_registry_dropped_changes_total', 'Registry changes dropped because too many were pending', () => hub.registry?.stats.droppedChanges ?? 0);
   total('edgemux_hub_dropped_qos0_total', 'QoS 0 messages dropped for devices that could not keep up', () => hub.stats().droppedQos0);
+  total(
+    'edgemux_hub_dropped_oversized_total',
+    'Deliveries dropped, and acknowledged to the broker, because they were larger than the device could receive',
+    () => hub.stats().droppedOversized,
+  );
   gauge('edgemux_hub_tunnel_unauthenticated', 'Tunnel connections that have not been accepted with HELLO', () => hub.stats().unauthenticated);
   total('edgemux_hub_tunnel_handshake_timeouts_total', 'Tunnel connections closed for not finishing the TLS handshake in time', () => hub.stats().handshakeTimeouts);
   total(

@@ -68,6 +68,8 @@ export interface HubStats {
   /** Device bytes the broker links hold: dialling, or waiting for a congested broker. */
   brokerHeldBytes: number;
   droppedQos0: number;
+  /** Deliveries dropped (and acknowledged to the broker) because a device could not receive them: too large. */
+  droppedOversized: number;
   /** Tunnels refused since start because another instance of the agent held the identity. */
   refusedTunnels: number;
   /** Tunnel connections open that have not (yet) been accepted with HELLO. */
@@ -115,6 +117,7 @@ export class CloudHub {
   private router: Router;
   private namespaces: Namespaces;
   private droppedQos0OfClosedSessions = 0;
+  private droppedOversizedOfClosedSessions = 0;
   private readonly sessionsByClientId = new Map<string, DeviceSession>();
   /** Without a registry: every client ID a device has used on this hub, which no application may take. */
   private readonly deviceClientIds = new Set<string>();
@@ -231,12 +234,14 @@ export class CloudHub {
     let replayBytes = 0;
     let brokerHeldBytes = 0;
     let droppedQos0 = this.droppedQos0OfClosedSessions;
+    let droppedOversized = this.droppedOversizedOfClosedSessions;
     for (const session of this.sessions) {
       if (session.state === 'detached') detached++;
       queuedBytes += session.queuedBytes;
       replayBytes += session.stream.replayBytes;
       brokerHeldBytes += session.link?.heldBytes ?? 0;
       droppedQos0 += session.droppedQos0;
+      droppedOversized += session.droppedOversized;
     }
     const agents = new Set<string>();
     for (const record of this.agents.values()) if (record.tunnels.size > 0) agents.add(record.agentId);
@@ -249,6 +254,7 @@ export class CloudHub {
       replayBytes,
       brokerHeldBytes,
       droppedQos0,
+      droppedOversized,
       refusedTunnels: this.refusedTunnels,
       unauthenticated: this.unauthenticated,
       handshakeTimeouts: this.handshakeTimeouts,
@@ -510,6 +516,7 @@ export class CloudHub {
           this.registry?.deviceDisconnected(closed.clientId);
         }
         this.droppedQos0OfClosedSessions += closed.droppedQos0;
+        this.droppedOversizedOfClosedSessions += closed.droppedOversized;
         if (record.streams.get(streamId) === closed.stream) record.streams.delete(streamId);
         this.pruneAgent(record);
       },
