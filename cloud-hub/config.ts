@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 import { anonymousAccess } from './app-access.js';
+import { DEFAULT_OFFLINE_QUEUE } from './sqlite-persistence.js';
 
 const port = z.number().int().min(0).max(65535);
 
@@ -86,6 +87,13 @@ export const hubConfigSchema = z.strictObject({
   deadAfterMs: z.number().int().min(300).default(TUNNEL_DEFAULTS.deadAfterMs),
   resumeGraceMs: z.number().int().min(0).default(TUNNEL_DEFAULTS.resumeGraceMs),
   maxQueuedBytes: z.number().int().min(64 * 1024).default(TUNNEL_DEFAULTS.maxQueuedBytes),
+  /** Per session of the embedded broker that is away: past either bound, new messages for it are dropped. */
+  offlineQueue: z
+    .strictObject({
+      maxMessages: z.number().int().min(1).default(DEFAULT_OFFLINE_QUEUE.maxMessages),
+      maxBytes: z.number().int().min(1024).default(DEFAULT_OFFLINE_QUEUE.maxBytes),
+    })
+    .prefault({}),
   /** Which client IDs each agent may speak for (globs); without entries, any. */
   namespaces: z
     .array(z.strictObject({ agentId: z.string().min(1), clientIds: z.array(z.string().min(1)).min(1) }))

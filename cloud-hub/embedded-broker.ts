@@ -12,6 +12,7 @@ export interface EmbeddedBroker {
   broker: Aedes;
   /** Plain MQTT listener for cloud applications. */
   appServer: net.Server;
+  persistence: SqlitePersistence | undefined;
   close(): Promise<void>;
 }
 
@@ -86,6 +87,7 @@ export async function startEmbeddedBroker(options: {
   return {
     broker,
     appServer,
+    persistence: options.persistence,
     close: async () => {
       const listenerClosed = new Promise<void>((resolve) => appServer.close(() => resolve()));
       // aedes closes the connections of the clients it knows, publishing their

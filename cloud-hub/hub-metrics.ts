@@ -37,6 +37,12 @@ export function hubMetrics(hub: CloudHub): Registry {
     'Deliveries dropped, and acknowledged to the broker, because they were larger than the device could receive',
     () => hub.stats().droppedOversized,
   );
+  total(
+    'edgemux_hub_offline_queue_dropped_total',
+    'Messages not queued for a session that was away because its queue was full (offlineQueue)',
+    () => hub.stats().offlineDropped,
+  );
+  gauge('edgemux_hub_offline_queued_messages', 'Messages the embedded broker holds queued for sessions', () => hub.stats().offlineQueued);
   gauge('edgemux_hub_tunnel_unauthenticated', 'Tunnel connections that have not been accepted with HELLO', () => hub.stats().unauthenticated);
   total('edgemux_hub_tunnel_handshake_timeouts_total', 'Tunnel connections closed for not finishing the TLS handshake in time', () => hub.stats().handshakeTimeouts);
   total(

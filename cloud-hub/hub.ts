@@ -17,7 +17,7 @@ import { DeviceSession, type SessionStream } from './device-session.js';
 import { type EmbeddedBroker, startEmbeddedBroker } from './embedded-broker.js';
 import type { PasswordFile } from './password-file.js';
 import { Registry } from './registry.js';
-import { SqlitePersistence } from './sqlite-persistence.js';
+import { type OfflineQueueLimits, SqlitePersistence } from './sqlite-persistence.js';
 import { Namespaces, type NamespaceRule, type Route, Router } from './routes.js';
 
 export interface HubOptions {
@@ -45,6 +45,8 @@ export interface HubOptions {
   resumeGraceMs: number;
   /** Per device: bytes the broker may queue for a device that does not read before it is cut off. */
   maxQueuedBytes: number;
+  /** Per session of the embedded broker that is not connected: messages and bytes it may have queued. */
+  offlineQueue?: OfflineQueueLimits;
   /** Which broker each device goes to; without routes every device uses the embedded broker. */
   routes?: Route[];
   /** Which client IDs each agent may speak for; without rules, any. */
@@ -70,6 +72,10 @@ export interface HubStats {
   droppedQos0: number;
   /** Deliveries dropped (and acknowledged to the broker) because a device could not receive them: too large. */
   droppedOversized: number;
+  /** Messages not queued for an embedded-broker session that was away, because its queue was full. */
+  offlineDropped: number;
+  /** Messages queued in the embedded broker for sessions (those away, and those in flight). */
+  offlineQueued: number;
   /** Tunnels refused since start because another instance of the agent held the identity. */
   refusedTunnels: number;
   /** Tunnel connections open that have not (yet) been accepted with HELLO. */
@@ -179,9 +185,20 @@ export class CloudHub {
     if (anonymous.allow && !isLoopbackHost(options.appHost)) {
       options.log.warn({ app: { host: options.appHost, port: options.appPort } }, 'application port open without credentials to anyone who reaches it');
     }
-    const persistence = options.statePath !== undefined ? new SqlitePersistence({ path: options.statePath }) : undefined;
+    // Without a state file SQLite keeps the broker's state in memory, so that
+    // the bounds on offline queues hold there too.
+    const persistence = new SqlitePersistence({
+      path: options.statePath ?? ':memory:',
+      offlineQueue: options.offlineQueue,
+      onQueueFull: (clientId, queued) => {
+        options.log.warn(
+          { clientId, queuedMessages: queued.messages, queuedBytes: queued.bytes, reason: 'offline queue full (offlineQueue.maxMessages or maxBytes)' },
+          'dropping new messages for a session that is away',
+        );
+      },
+    });
     // Before the app port opens, so an application is checked against devices known from earlier runs.
-    const registry = persistence !== undefined ? new Registry(persistence.db) : null;
+    const registry = options.statePath !== undefined ? new Registry(persistence.db) : null;
     let hub: CloudHub | null = null;
     const appAccess = new AppAccess({
       passwords,
@@ -255,6 +272,8 @@ export class CloudHub {
       brokerHeldBytes,
       droppedQos0,
       droppedOversized,
+      offlineDropped: this.embedded.persistence?.stats.offlineDropped ?? 0,
+      offlineQueued: this.embedded.persistence?.stats.queuedMessages ?? 0,
       refusedTunnels: this.refusedTunnels,
       unauthenticated: this.unauthenticated,
       handshakeTimeouts: this.handshakeTimeouts,

@@ -30,6 +30,7 @@ export async function startHub(config: HubConfig, log: Logger = createLogger('cl
     deadAfterMs: config.deadAfterMs,
     resumeGraceMs: config.resumeGraceMs,
     maxQueuedBytes: config.maxQueuedBytes,
+    offlineQueue: config.offlineQueue,
     namespaces: config.namespaces,
     statePath: config.statePath,
     routes: config.routes.map((route, index) => resolveRoute(route, index, log)),
