@@ -15,6 +15,14 @@ export const HUB_DEFAULTS = {
   handshakeTimeoutMs: 10_000,
   /** Connections on the tunnel port that have not yet sent HELLO; more are closed on accept. */
   maxUnauthenticated: 1024,
+  /**
+   * Longest client ID a device or application may use, in characters, as
+   * aedes counts (its own default): MQTT allows 65 535 bytes, and every ID
+   * the hub admits is kept in its registry and broker state.
+   */
+  maxClientIdLength: 256,
+  /** Registry rows of devices and agents not seen for this long are deleted. */
+  registryExpireAfterDays: 90,
 } as const;
 
 const brokerSchema = z.strictObject({
@@ -87,6 +95,14 @@ export const hubConfigSchema = z.strictObject({
   deadAfterMs: z.number().int().min(300).default(TUNNEL_DEFAULTS.deadAfterMs),
   resumeGraceMs: z.number().int().min(0).default(TUNNEL_DEFAULTS.resumeGraceMs),
   maxQueuedBytes: z.number().int().min(64 * 1024).default(TUNNEL_DEFAULTS.maxQueuedBytes),
+  maxClientIdLength: z.number().int().min(23).max(65_535).default(HUB_DEFAULTS.maxClientIdLength),
+  /** The registry of agents and devices (with statePath). */
+  registry: z
+    .strictObject({
+      /** Devices and agents not connected and not seen for this many days are forgotten. */
+      expireAfterDays: z.number().min(1).default(HUB_DEFAULTS.registryExpireAfterDays),
+    })
+    .prefault({}),
   /** Per session of the embedded broker that is away: past either bound, new messages for it are dropped. */
   offlineQueue: z
     .strictObject({

@@ -40,6 +40,8 @@ export interface DeviceSessionOptions {
    * before the CONNECT is passed on.
    */
   admit(session: DeviceSession, connect: Buffer): void;
+  /** The broker accepted the device's CONNECT: from here on it is a device the hub has carried. */
+  onAdmitted(session: DeviceSession): void;
   onClosed(session: DeviceSession): void;
 }
 
@@ -61,6 +63,8 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   droppedQos0 = 0;
   /** Deliveries dropped because they are larger than the hub or the agent accepts. */
   droppedOversized = 0;
+  /** The broker accepted the CONNECT (CONNACK return or reason code 0). */
+  admitted = false;
   /** Traffic counters, read by the hub's sweep for the device registry. */
   readonly traffic = { bytesToBroker: 0, packetsToBroker: 0, bytesToDevice: 0, packetsToDevice: 0 };
   private lastToBrokerAt = Date.now();
@@ -190,6 +194,11 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     if (type === PacketType.PINGRESP) return;
     if (type === PacketType.CONNACK && this.protocolVersion === 5) {
       this.keepaliveSeconds = effectiveKeepalive(this.keepaliveSeconds, parseConnack(packet, 5));
+    }
+    // MQTT 3.1.1 §3.2.2.3, MQTT 5 §3.2.2.2: the code follows the acknowledge flags in both.
+    if (type === PacketType.CONNACK && !this.admitted && packet.length >= 4 && packet[3] === 0) {
+      this.admitted = true;
+      this.options.onAdmitted(this);
     }
     if (type === PacketType.PUBREL && this.answeredQos2.size > 0 && this.answeredQos2.delete(packet.readUInt16BE(2))) {
       this.link?.push(Buffer.from([0x70, 0x02, packet[2], packet[3]]));

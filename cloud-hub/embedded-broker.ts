@@ -16,9 +16,6 @@ export interface EmbeddedBroker {
   close(): Promise<void>;
 }
 
-/** Client IDs longer than aedes' default of 23 are common in fleets (MQTT 3.1.1 §3.1.3.1 allows it). */
-const MAX_CLIENT_ID_LENGTH = 256;
-
 export async function startEmbeddedBroker(options: {
   appHost: string;
   appPort: number;
@@ -29,6 +26,8 @@ export async function startEmbeddedBroker(options: {
   appAccess?: AppAccess;
   /** Largest packet an application may send, checked at its fixed header. */
   appMaxPacketSize?: number;
+  /** Longest client ID; longer IDs than aedes' own default of 23 are common in fleets (MQTT 3.1.1 §3.1.3.1 allows them). */
+  maxClientIdLength?: number;
   /** Durable sessions, retained messages and offline queues; in memory when absent. */
   persistence?: SqlitePersistence;
   log?: Logger;
@@ -42,7 +41,7 @@ export async function startEmbeddedBroker(options: {
   // them: server.close() would wait for the longest-connected application.
   const appSockets = new Set<net.Socket>();
   const broker = await Aedes.createBroker({
-    maxClientsIdLength: MAX_CLIENT_ID_LENGTH,
+    maxClientsIdLength: options.maxClientIdLength ?? 256,
     // aedes' default of 100 messages in flight queues the rest in mqemitter,
     // which drains its queue recursively (and with Array.shift): under a
     // sustained load it spent a third of the hub's CPU there and overflowed

@@ -31,6 +31,7 @@ export function hubMetrics(hub: CloudHub): Registry {
   gauge('edgemux_hub_registry_pending_rows', 'Agents and devices whose registry changes are not yet written', () => hub.registry?.stats.pendingRows ?? 0);
   total('edgemux_hub_registry_flush_failures_total', 'Registry flushes that failed and were retried', () => hub.registry?.stats.flushFailures ?? 0);
   total('edgemux_hub_registry_dropped_changes_total', 'Registry changes dropped because too many were pending', () => hub.registry?.stats.droppedChanges ?? 0);
+  total('edgemux_hub_registry_expired_rows_total', 'Agents and devices deleted from the registry for not being seen within registry.expireAfterDays', () => hub.registry?.stats.expiredRows ?? 0);
   total('edgemux_hub_dropped_qos0_total', 'QoS 0 messages dropped for devices that could not keep up', () => hub.stats().droppedQos0);
   total(
     'edgemux_hub_dropped_oversized_total',

@@ -45,6 +45,10 @@ export interface HubOptions {
   resumeGraceMs: number;
   /** Per device: bytes the broker may queue for a device that does not read before it is cut off. */
   maxQueuedBytes: number;
+  /** Longest client ID a device or application may use; HUB_DEFAULTS.maxClientIdLength when absent. */
+  maxClientIdLength?: number;
+  /** Registry rows not seen for this long are deleted; HUB_DEFAULTS.registryExpireAfterDays when absent. */
+  registryExpireAfterMs?: number;
   /** Per session of the embedded broker that is not connected: messages and bytes it may have queued. */
   offlineQueue?: OfflineQueueLimits;
   /** Which broker each device goes to; without routes every device uses the embedded broker. */
@@ -174,6 +178,9 @@ export class CloudHub {
     registry?.on('flushRecovered', (failures) => {
       options.log.info({ failures, pendingRows: registry.stats.pendingRows }, 'registry flush succeeded again');
     });
+    registry?.on('expired', (agents, devices) => {
+      options.log.info({ agents, devices, reason: 'not seen for registry.expireAfterDays' }, 'registry rows expired');
+    });
   }
 
   static async start(options: HubOptions): Promise<CloudHub> {
@@ -198,7 +205,10 @@ export class CloudHub {
       },
     });
     // Before the app port opens, so an application is checked against devices known from earlier runs.
-    const registry = options.statePath !== undefined ? new Registry(persistence.db) : null;
+    const registry =
+      options.statePath !== undefined
+        ? new Registry(persistence.db, { expireAfterMs: options.registryExpireAfterMs ?? HUB_DEFAULTS.registryExpireAfterDays * 24 * 3600 * 1000 })
+        : null;
     let hub: CloudHub | null = null;
     const appAccess = new AppAccess({
       passwords,
@@ -210,6 +220,7 @@ export class CloudHub {
       appPort: options.appPort,
       appAccess,
       appMaxPacketSize: options.appMaxPacketSize ?? options.maxPacketSize,
+      maxClientIdLength: options.maxClientIdLength ?? HUB_DEFAULTS.maxClientIdLength,
       persistence,
       log: options.log,
     });
@@ -526,13 +537,19 @@ export class CloudHub {
       maxQueuedBytes: this.options.maxQueuedBytes,
       log,
       admit: (admitted, connect) => this.admitSession(admitted, record, open, connect, log),
+      onAdmitted: (admitted) => {
+        // Only a device the broker accepted is recorded: refused client IDs would grow the registry without bound.
+        if (this.sessionsByClientId.get(admitted.clientId) !== admitted) return;
+        this.registry?.deviceConnected(admitted.clientId, record.agentId);
+        if (this.registry === null) this.deviceClientIds.add(admitted.clientId);
+      },
       onClosed: (closed) => {
         this.sessions.delete(closed);
         this.reportSessionTraffic(closed);
         // After a takeover the newer session owns the client ID.
         if (this.sessionsByClientId.get(closed.clientId) === closed) {
           this.sessionsByClientId.delete(closed.clientId);
-          this.registry?.deviceDisconnected(closed.clientId);
+          if (closed.admitted) this.registry?.deviceDisconnected(closed.clientId);
         }
         this.droppedQos0OfClosedSessions += closed.droppedQos0;
         this.droppedOversizedOfClosedSessions += closed.droppedOversized;
@@ -577,6 +594,11 @@ export class CloudHub {
       refuse('empty client ID in CONNECT (the agent assigns one)', clientId, refusalConnack(version, 'identifier-rejected'));
       return;
     }
+    const maxClientIdLength = this.options.maxClientIdLength ?? HUB_DEFAULTS.maxClientIdLength;
+    if (clientId.length > maxClientIdLength) {
+      refuse(`client ID of ${clientId.length} characters is longer than maxClientIdLength (${maxClientIdLength})`, clientId.slice(0, 64), refusalConnack(version, 'identifier-rejected'));
+      return;
+    }
     if (!this.namespaces.allows(record.agentId, clientId)) {
       refuse(`client ID outside the namespace of agent ${record.agentId}`, clientId, notAuthorized);
       return;
@@ -587,8 +609,6 @@ export class CloudHub {
       return;
     }
     this.sessionsByClientId.set(clientId, session);
-    this.registry?.deviceConnected(clientId, record.agentId);
-    if (this.registry === null) this.deviceClientIds.add(clientId);
     if (backend.kind === 'embedded') {
       session.connectBroker(connect, (owner) => {
         const pipe = new BrokerPipe(owner);
@@ -630,7 +650,7 @@ export class CloudHub {
   }
 
   private reportSessionTraffic(session: DeviceSession): void {
-    if (this.registry === null) return;
+    if (this.registry === null || !session.admitted) return;
     const now = session.traffic;
     const last = this.reportedTraffic.get(session) ?? { bytesToBroker: 0, packetsToBroker: 0, bytesToDevice: 0, packetsToDevice: 0 };
     if (now.packetsToBroker === last.packetsToBroker && now.packetsToDevice === last.packetsToDevice) return;

@@ -31,6 +31,8 @@ export async function startHub(config: HubConfig, log: Logger = createLogger('cl
     resumeGraceMs: config.resumeGraceMs,
     maxQueuedBytes: config.maxQueuedBytes,
     offlineQueue: config.offlineQueue,
+    maxClientIdLength: config.maxClientIdLength,
+    registryExpireAfterMs: config.registry.expireAfterDays * 24 * 3600 * 1000,
     namespaces: config.namespaces,
     statePath: config.statePath,
     routes: config.routes.map((route, index) => resolveRoute(route, index, log)),

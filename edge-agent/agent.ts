@@ -5,7 +5,7 @@ import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import { SocketBatcher } from '../shared/socket-batcher.js';
 import type { Tunnel } from '../shared/tunnel.js';
-import type { DeviceConnect } from './connect-packet.js';
+import type { ConnectLimits, DeviceConnect } from './connect-packet.js';
 import { DeviceConnection, type DeviceHost } from './device-connection.js';
 import { type HubAddress, TunnelPool } from './tunnel-pool.js';
 
@@ -32,6 +32,8 @@ export interface AgentOptions {
   resumeGraceMs: number;
   backoffInitialMs: number;
   backoffMaxMs: number;
+  /** Longest device client ID, in characters; DEFAULT_MAX_CLIENT_ID_LENGTH when absent. */
+  maxClientIdLength?: number;
   /** Mean interval between TCP probes while a hub is unreachable (default DEFAULT_RECONNECT_PROBE_MS). */
   reconnectProbeMs?: number;
   /** Jitter source for reconnect delays, in [0, 1); injected by tests. */
@@ -64,6 +66,8 @@ interface StreamState {
 }
 
 const SWEEP_INTERVAL_MS = 1000;
+/** The hub's default too (and aedes'): every ID the hub admits is kept in its registry. */
+export const DEFAULT_MAX_CLIENT_ID_LENGTH = 256;
 /** Connections the kernel queues on the device port (capped by net.core.somaxconn). */
 export const DEFAULT_DEVICE_BACKLOG = 4096;
 /** The agent's replay memory per stream stays bounded whatever window the hub grants. */
@@ -81,6 +85,7 @@ export class EdgeAgent implements DeviceHost {
   readonly log: Logger;
   readonly maxPacketSize: number;
   readonly assignedIdPrefix: string;
+  readonly connectLimits: ConnectLimits;
   deviceDisconnects = 0;
   private readonly streamStates = new Map<DeviceStream, StreamState>();
   private nextStreamId = 1;
@@ -95,6 +100,7 @@ export class EdgeAgent implements DeviceHost {
     this.log = options.log;
     this.maxPacketSize = options.maxPacketSize;
     this.assignedIdPrefix = assignedIdPrefix(options.agentId);
+    this.connectLimits = { maxClientIdLength: options.maxClientIdLength ?? DEFAULT_MAX_CLIENT_ID_LENGTH };
     this.pool = new TunnelPool({
       agentId: options.agentId,
       worker: options.worker ?? 0,

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
-import { DEFAULT_DEVICE_BACKLOG } from './agent.js';
+import { DEFAULT_DEVICE_BACKLOG, DEFAULT_MAX_CLIENT_ID_LENGTH } from './agent.js';
 import { DEFAULT_RECONNECT_PROBE_MS } from './tunnel-pool.js';
 
 const port = z.number().int().min(0).max(65535);
@@ -33,6 +33,8 @@ export const agentConfigSchema = z.strictObject({
   streamWindow: z.number().int().min(1024).default(TUNNEL_DEFAULTS.streamWindow),
   maxPacketSize: z.number().int().min(1024).max(268_435_460).default(TUNNEL_DEFAULTS.maxFramePayload),
   connectTimeoutMs: z.number().int().min(100).default(10_000),
+  /** Longest device client ID, in characters; longer ones get CONNACK identifier rejected. */
+  maxClientIdLength: z.number().int().min(23).max(65_535).default(DEFAULT_MAX_CLIENT_ID_LENGTH),
   heartbeatMs: z.number().int().min(100).default(TUNNEL_DEFAULTS.heartbeatMs),
   deadAfterMs: z.number().int().min(300).default(TUNNEL_DEFAULTS.deadAfterMs),
   resumeGraceMs: z.number().int().min(0).default(TUNNEL_DEFAULTS.resumeGraceMs),

@@ -7,7 +7,7 @@ import { topicProblem } from '../shared/mqtt-utf8.js';
 import type { MuxStream, StreamSink } from '../shared/mux-stream.js';
 import type { SocketBatcher } from '../shared/socket-batcher.js';
 import type { Tunnel } from '../shared/tunnel.js';
-import { admitConnect, type DeviceConnect } from './connect-packet.js';
+import { admitConnect, type ConnectLimits, type DeviceConnect } from './connect-packet.js';
 
 export type DeviceState = 'awaiting-connect' | 'attached' | 'draining' | 'closed';
 
@@ -17,6 +17,8 @@ export interface DeviceHost {
   readonly batcher: SocketBatcher;
   readonly maxPacketSize: number;
   readonly assignedIdPrefix: string;
+  /** Checks on a CONNECT before it is forwarded. */
+  readonly connectLimits: ConnectLimits;
   /** Opens a stream for the device and sends its CONNECT; null when no tunnel is up. */
   openStream(device: DeviceConnection, connect: DeviceConnect): MuxStream<DeviceConnection, Tunnel> | null;
   /** Tells the hub the stream ended; `abrupt` makes the broker publish the will. */
@@ -262,7 +264,7 @@ export class DeviceConnection implements StreamSink {
   }
 
   private onConnect(packet: Buffer): void {
-    const verdict = admitConnect(packet, this.host.assignedIdPrefix);
+    const verdict = admitConnect(packet, this.host.assignedIdPrefix, this.host.connectLimits);
     if (!verdict.ok) {
       this.refuse(verdict.reason, verdict.connack);
       return;
@@ -287,7 +289,7 @@ export class DeviceConnection implements StreamSink {
 
   /** Answers the CONNECT with a refusing CONNACK and waits for the device to close (the drain timeout cuts it off). */
   private refuse(reason: string, connack: Buffer): void {
-    this.host.log.info({ clientId: this.clientId, remote: this.socket.remoteAddress, reason }, 'device refused');
+    this.host.log.info({ clientId: this.clientId?.slice(0, 64), remote: this.socket.remoteAddress, reason }, 'device refused');
     this.state = 'draining';
     this.timerStart = Date.now();
     this.socket.end(connack);

@@ -26,6 +26,7 @@ export async function startAgent(
     streamWindow: config.streamWindow,
     maxPacketSize: config.maxPacketSize,
     connectTimeoutMs: config.connectTimeoutMs,
+    maxClientIdLength: config.maxClientIdLength,
     heartbeatMs: config.heartbeatMs,
     deadAfterMs: config.deadAfterMs,
     resumeGraceMs: config.resumeGraceMs,
