@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 import { anonymousAccess } from './app-access.js';
 import { DEFAULT_OFFLINE_QUEUE } from './sqlite-persistence.js';
+import { DEFAULT_SUBSCRIPTION_LIMITS } from './subscription-limits.js';
 
 const port = z.number().int().min(0).max(65535);
 
@@ -101,6 +102,14 @@ export const hubConfigSchema = z.strictObject({
     .strictObject({
       /** Devices and agents not connected and not seen for this many days are forgotten. */
       expireAfterDays: z.number().min(1).default(HUB_DEFAULTS.registryExpireAfterDays),
+    })
+    .prefault({}),
+  /** Per client of the embedded broker (devices and applications): past a limit a filter gets SUBACK 0x80. */
+  subscriptions: z
+    .strictObject({
+      maxPerClient: z.number().int().min(1).default(DEFAULT_SUBSCRIPTION_LIMITS.maxPerClient),
+      maxTopicLength: z.number().int().min(1).max(65_535).default(DEFAULT_SUBSCRIPTION_LIMITS.maxTopicLength),
+      maxTopicLevels: z.number().int().min(1).max(100).default(DEFAULT_SUBSCRIPTION_LIMITS.maxTopicLevels),
     })
     .prefault({}),
   /** Per session of the embedded broker that is away: past either bound, new messages for it are dropped. */

@@ -7,12 +7,14 @@ import { SocketBatcher } from '../shared/socket-batcher.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 import { AppAccess, AppRefusalCode, anonymousAccess } from './app-access.js';
 import type { SqlitePersistence } from './sqlite-persistence.js';
+import { DEFAULT_SUBSCRIPTION_LIMITS, type SubscriptionLimitOptions, SubscriptionLimits } from './subscription-limits.js';
 
 export interface EmbeddedBroker {
   broker: Aedes;
   /** Plain MQTT listener for cloud applications. */
   appServer: net.Server;
   persistence: SqlitePersistence | undefined;
+  subscriptionLimits: SubscriptionLimits;
   close(): Promise<void>;
 }
 
@@ -28,6 +30,8 @@ export async function startEmbeddedBroker(options: {
   appMaxPacketSize?: number;
   /** Longest client ID; longer IDs than aedes' own default of 23 are common in fleets (MQTT 3.1.1 §3.1.3.1 allows them). */
   maxClientIdLength?: number;
+  /** Per client of the broker, devices and applications alike. */
+  subscriptionLimits?: SubscriptionLimitOptions;
   /** Durable sessions, retained messages and offline queues; in memory when absent. */
   persistence?: SqlitePersistence;
   log?: Logger;
@@ -40,6 +44,7 @@ export async function startEmbeddedBroker(options: {
   // strangers that must prove who they are. The set also lets a stop end
   // them: server.close() would wait for the longest-connected application.
   const appSockets = new Set<net.Socket>();
+  const subscriptionLimits = new SubscriptionLimits(options.subscriptionLimits ?? DEFAULT_SUBSCRIPTION_LIMITS, log);
   const broker = await Aedes.createBroker({
     maxClientsIdLength: options.maxClientIdLength ?? 256,
     // aedes' default of 100 messages in flight queues the rest in mqemitter,
@@ -63,8 +68,10 @@ export async function startEmbeddedBroker(options: {
         (err: unknown) => refuse(AppRefusalCode.SERVER_UNAVAILABLE, `cannot check the client: ${(err as Error).message}`),
       );
     },
+    authorizeSubscribe: (client, sub, done) => subscriptionLimits.authorize(client, sub, done),
     ...(options.persistence !== undefined ? { persistence: options.persistence } : {}),
   });
+  broker.on('unsubscribe', (topics, client) => subscriptionLimits.forget(client, topics));
   keepClientIdsOutOfSys(broker);
   // aedes writes every delivery with its own writev: a cloud application
   // subscribed to a fleet would cost the hub one syscall per message.
@@ -87,6 +94,7 @@ export async function startEmbeddedBroker(options: {
     broker,
     appServer,
     persistence: options.persistence,
+    subscriptionLimits,
     close: async () => {
       const listenerClosed = new Promise<void>((resolve) => appServer.close(() => resolve()));
       // aedes closes the connections of the clients it knows, publishing their

@@ -44,6 +44,11 @@ export function hubMetrics(hub: CloudHub): Registry {
     () => hub.stats().offlineDropped,
   );
   gauge('edgemux_hub_offline_queued_messages', 'Messages the embedded broker holds queued for sessions', () => hub.stats().offlineQueued);
+  total(
+    'edgemux_hub_subscriptions_refused_total',
+    'Topic filters refused with SUBACK 0x80: too many for the client, too long or too deep (subscriptions)',
+    () => hub.stats().subscriptionsRefused,
+  );
   gauge('edgemux_hub_tunnel_unauthenticated', 'Tunnel connections that have not been accepted with HELLO', () => hub.stats().unauthenticated);
   total('edgemux_hub_tunnel_handshake_timeouts_total', 'Tunnel connections closed for not finishing the TLS handshake in time', () => hub.stats().handshakeTimeouts);
   total(

@@ -18,6 +18,7 @@ import { type EmbeddedBroker, startEmbeddedBroker } from './embedded-broker.js';
 import type { PasswordFile } from './password-file.js';
 import { Registry } from './registry.js';
 import { type OfflineQueueLimits, SqlitePersistence } from './sqlite-persistence.js';
+import type { SubscriptionLimitOptions } from './subscription-limits.js';
 import { Namespaces, type NamespaceRule, type Route, Router } from './routes.js';
 
 export interface HubOptions {
@@ -49,6 +50,8 @@ export interface HubOptions {
   maxClientIdLength?: number;
   /** Registry rows not seen for this long are deleted; HUB_DEFAULTS.registryExpireAfterDays when absent. */
   registryExpireAfterMs?: number;
+  /** Topic filters per client of the embedded broker, their length and depth; DEFAULT_SUBSCRIPTION_LIMITS when absent. */
+  subscriptionLimits?: SubscriptionLimitOptions;
   /** Per session of the embedded broker that is not connected: messages and bytes it may have queued. */
   offlineQueue?: OfflineQueueLimits;
   /** Which broker each device goes to; without routes every device uses the embedded broker. */
@@ -80,6 +83,8 @@ export interface HubStats {
   offlineDropped: number;
   /** Messages queued in the embedded broker for sessions (those away, and those in flight). */
   offlineQueued: number;
+  /** Topic filters refused with SUBACK 0x80 for a subscription limit. */
+  subscriptionsRefused: number;
   /** Tunnels refused since start because another instance of the agent held the identity. */
   refusedTunnels: number;
   /** Tunnel connections open that have not (yet) been accepted with HELLO. */
@@ -221,6 +226,7 @@ export class CloudHub {
       appAccess,
       appMaxPacketSize: options.appMaxPacketSize ?? options.maxPacketSize,
       maxClientIdLength: options.maxClientIdLength ?? HUB_DEFAULTS.maxClientIdLength,
+      subscriptionLimits: options.subscriptionLimits,
       persistence,
       log: options.log,
     });
@@ -285,6 +291,7 @@ export class CloudHub {
       droppedOversized,
       offlineDropped: this.embedded.persistence?.stats.offlineDropped ?? 0,
       offlineQueued: this.embedded.persistence?.stats.queuedMessages ?? 0,
+      subscriptionsRefused: this.embedded.subscriptionLimits.refused,
       refusedTunnels: this.refusedTunnels,
       unauthenticated: this.unauthenticated,
       handshakeTimeouts: this.handshakeTimeouts,

@@ -28,6 +28,7 @@ import { EdgemuxError } from '../shared/errors.js';
 import { Readable } from 'node:stream';
 import Database from 'better-sqlite3';
 import { Packr } from 'msgpackr';
+import { REFUSED_SUBSCRIPTION } from './subscription-limits.js';
 
 const require = createRequire(import.meta.url);
 
@@ -442,6 +443,8 @@ export class SqlitePersistence {
   addSubscriptions(client: PersistenceClient, subs: SubscriptionRequest[]): Promise<void> {
     const writes: Array<[string, Buffer]> = [];
     for (const sub of subs) {
+      // aedes stores a SUBSCRIBE's every filter, those its authorizeSubscribe refused too.
+      if ((sub as { [REFUSED_SUBSCRIPTION]?: true })[REFUSED_SUBSCRIPTION]) continue;
       const record = this.#applySubscription(client.id, sub);
       writes.push([sub.topic, this.#pack(record)]);
     }
