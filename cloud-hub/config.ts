@@ -119,7 +119,7 @@ export const hubConfigSchema = z.strictObject({
       maxBytes: z.number().int().min(1024).default(DEFAULT_OFFLINE_QUEUE.maxBytes),
     })
     .prefault({}),
-  /** Which client IDs each agent may speak for (globs); without entries, any. */
+  /** Which client IDs each agent may speak for (globs); without entries, agent A may use "A:*" (routes.ts, Namespaces). */
   namespaces: z
     .array(z.strictObject({ agentId: z.string().min(1), clientIds: z.array(z.string().min(1)).min(1) }))
     .default([]),

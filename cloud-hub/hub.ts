@@ -244,6 +244,7 @@ export class CloudHub {
       });
     });
     hub = new CloudHub(options, embedded, tunnelServer, registry);
+    hub.logNamespacePolicy();
     options.log.info({ tunnel: hub.tunnelAddress, app: hub.appAddress }, 'hub listening');
     return hub;
   }
@@ -340,6 +341,23 @@ export class CloudHub {
   /** Namespace rules for devices that connect from now on; connected devices were checked on their CONNECT and stay. */
   replaceNamespaces(rules: NamespaceRule[]): void {
     this.namespaces = new Namespaces(rules);
+    this.logNamespacePolicy();
+  }
+
+  /**
+   * Hubs from before namespaces were required let any agent use any client
+   * ID; their operators learn here, once, why devices are refused now.
+   */
+  private logNamespacePolicy(): void {
+    const policy = this.namespaces.describe();
+    if (this.namespaces.byDefault) {
+      this.options.log.warn(
+        { policy, allowAll: { namespaces: [{ agentId: '*', clientIds: ['*'] }] } },
+        'client ID namespaces: the default per agent; configure namespaces (allowAll lets every agent use every ID, as hubs before did)',
+      );
+    } else {
+      this.options.log.info({ policy, namespaces: this.namespaces.configured }, 'client ID namespaces');
+    }
   }
 
   /** Certificate, key and agent CA for tunnels that connect from now on; tunnels already up keep their session. */
@@ -607,7 +625,8 @@ export class CloudHub {
       return;
     }
     if (!this.namespaces.allows(record.agentId, clientId)) {
-      refuse(`client ID outside the namespace of agent ${record.agentId}`, clientId, notAuthorized);
+      const rule = this.namespaces.byDefault ? ` (no namespaces configured: agent ${record.agentId} may use "${record.agentId}:*")` : '';
+      refuse(`client ID outside the namespace of agent ${record.agentId}${rule}`, clientId, notAuthorized);
       return;
     }
     const backend = this.router.backendFor({ clientId, username, agentId: record.agentId });
