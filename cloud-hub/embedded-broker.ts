@@ -15,6 +15,8 @@ export interface EmbeddedBroker {
   appServer: net.Server;
   persistence: SqlitePersistence | undefined;
   subscriptionLimits: SubscriptionLimits;
+  /** Connections the broker ended for a packet it refuses (a wildcard in a PUBLISH topic, QoS 3, an empty SUBSCRIBE...). */
+  readonly stats: { clientErrors: number };
   close(): Promise<void>;
 }
 
@@ -72,6 +74,8 @@ export async function startEmbeddedBroker(options: {
     ...(options.persistence !== undefined ? { persistence: options.persistence } : {}),
   });
   broker.on('unsubscribe', (topics, client) => subscriptionLimits.forget(client, topics));
+  const stats = { clientErrors: 0 };
+  logClientErrors(broker, stats, log);
   keepClientIdsOutOfSys(broker);
   // aedes writes every delivery with its own writev: a cloud application
   // subscribed to a fleet would cost the hub one syscall per message.
@@ -95,6 +99,7 @@ export async function startEmbeddedBroker(options: {
     appServer,
     persistence: options.persistence,
     subscriptionLimits,
+    stats,
     close: async () => {
       const listenerClosed = new Promise<void>((resolve) => appServer.close(() => resolve()));
       // aedes closes the connections of the clients it knows, publishing their
@@ -106,6 +111,41 @@ export async function startEmbeddedBroker(options: {
       options.persistence?.close();
     },
   };
+}
+
+/** Refusals logged per interval, hub-wide: a device can reconnect and offend again as fast as it likes. */
+const CLIENT_ERROR_LINES = 20;
+const CLIENT_ERROR_INTERVAL_MS = 10_000;
+
+/**
+ * aedes closes a client whose packet it refuses (a wildcard or empty topic
+ * in PUBLISH, QoS 3, a SUBSCRIBE without filters) and says so only in a
+ * 'clientError' event: without this the device would just be gone, and
+ * neither the hub's log nor the agent's say why.
+ */
+function logClientErrors(broker: Aedes, stats: { clientErrors: number }, log: Logger): void {
+  let windowStart = -Infinity;
+  let lines = 0;
+  let suppressed = 0;
+  // The first error is the reason; a client being closed for it may report more ("connection closed").
+  const reported = new WeakSet<Client>();
+  broker.on('clientError', (client, err) => {
+    if (reported.has(client)) return;
+    reported.add(client);
+    stats.clientErrors++;
+    const now = Date.now();
+    if (now - windowStart >= CLIENT_ERROR_INTERVAL_MS) {
+      windowStart = now;
+      lines = 0;
+    }
+    if (lines >= CLIENT_ERROR_LINES) {
+      suppressed++;
+      return;
+    }
+    lines++;
+    log.warn({ clientId: client.id, reason: err.message, ...(suppressed > 0 ? { suppressedLines: suppressed } : {}) }, 'broker closed a client for a packet it refuses');
+    suppressed = 0;
+  });
 }
 
 function defaultAccess(host: string): AppAccess {

@@ -49,6 +49,7 @@ export function hubMetrics(hub: CloudHub): Registry {
     'Topic filters refused with SUBACK 0x80: too many for the client, too long or too deep (subscriptions)',
     () => hub.stats().subscriptionsRefused,
   );
+  total('edgemux_hub_broker_client_errors_total', 'Clients the embedded broker closed for a packet it refuses (logged, rate-limited)', () => hub.stats().brokerClientErrors);
   gauge('edgemux_hub_tunnel_unauthenticated', 'Tunnel connections that have not been accepted with HELLO', () => hub.stats().unauthenticated);
   total('edgemux_hub_tunnel_handshake_timeouts_total', 'Tunnel connections closed for not finishing the TLS handshake in time', () => hub.stats().handshakeTimeouts);
   total(

@@ -85,6 +85,8 @@ export interface HubStats {
   offlineQueued: number;
   /** Topic filters refused with SUBACK 0x80 for a subscription limit. */
   subscriptionsRefused: number;
+  /** Clients the embedded broker closed for a packet it refuses. */
+  brokerClientErrors: number;
   /** Tunnels refused since start because another instance of the agent held the identity. */
   refusedTunnels: number;
   /** Tunnel connections open that have not (yet) been accepted with HELLO. */
@@ -293,6 +295,7 @@ export class CloudHub {
       offlineDropped: this.embedded.persistence?.stats.offlineDropped ?? 0,
       offlineQueued: this.embedded.persistence?.stats.queuedMessages ?? 0,
       subscriptionsRefused: this.embedded.subscriptionLimits.refused,
+      brokerClientErrors: this.embedded.stats.clientErrors,
       refusedTunnels: this.refusedTunnels,
       unauthenticated: this.unauthenticated,
       handshakeTimeouts: this.handshakeTimeouts,
