@@ -22,6 +22,12 @@ export const HUB_DEFAULTS = {
    * the hub admits is kept in its registry and broker state.
    */
   maxClientIdLength: 256,
+  /**
+   * Devices one agent identity (all its workers) may hold at the hub at once:
+   * the architecture's 100 000 per site. One certificate must not be able to
+   * take the hub's whole session memory.
+   */
+  maxDevicesPerAgent: 100_000,
   /** Registry rows of devices and agents not seen for this long are deleted. */
   registryExpireAfterDays: 90,
 } as const;
@@ -97,6 +103,7 @@ export const hubConfigSchema = z.strictObject({
   resumeGraceMs: z.number().int().min(0).default(TUNNEL_DEFAULTS.resumeGraceMs),
   maxQueuedBytes: z.number().int().min(64 * 1024).default(TUNNEL_DEFAULTS.maxQueuedBytes),
   maxClientIdLength: z.number().int().min(23).max(65_535).default(HUB_DEFAULTS.maxClientIdLength),
+  maxDevicesPerAgent: z.number().int().min(1).default(HUB_DEFAULTS.maxDevicesPerAgent),
   /** The registry of agents and devices (with statePath). */
   registry: z
     .strictObject({

@@ -48,6 +48,8 @@ export interface HubOptions {
   maxQueuedBytes: number;
   /** Longest client ID a device or application may use; HUB_DEFAULTS.maxClientIdLength when absent. */
   maxClientIdLength?: number;
+  /** Devices one agent identity may hold at once; HUB_DEFAULTS.maxDevicesPerAgent when absent. */
+  maxDevicesPerAgent?: number;
   /** Registry rows not seen for this long are deleted; HUB_DEFAULTS.registryExpireAfterDays when absent. */
   registryExpireAfterMs?: number;
   /** Topic filters per client of the embedded broker, their length and depth; DEFAULT_SUBSCRIPTION_LIMITS when absent. */
@@ -87,6 +89,8 @@ export interface HubStats {
   subscriptionsRefused: number;
   /** Clients the embedded broker closed for a packet it refuses. */
   brokerClientErrors: number;
+  /** Devices refused because their agent held maxDevicesPerAgent. */
+  agentDeviceLimitRefused: number;
   /** Tunnels refused since start because another instance of the agent held the identity. */
   refusedTunnels: number;
   /** Tunnel connections open that have not (yet) been accepted with HELLO. */
@@ -136,6 +140,11 @@ export class CloudHub {
   private droppedQos0OfClosedSessions = 0;
   private droppedOversizedOfClosedSessions = 0;
   private readonly sessionsByClientId = new Map<string, DeviceSession>();
+  /** Client IDs each agent identity holds sessions for, across its workers. */
+  private readonly devicesByAgent = new Map<string, Set<string>>();
+  /** Agents at their device limit, so it is logged once each time it is reached. */
+  private readonly agentsAtDeviceLimit = new Set<string>();
+  private agentDeviceLimitRefused = 0;
   /** Without a registry: every client ID a device has used on this hub, which no application may take. */
   private readonly deviceClientIds = new Set<string>();
   private readonly reportedTraffic = new WeakMap<DeviceSession, DeviceSession['traffic']>();
@@ -296,6 +305,7 @@ export class CloudHub {
       offlineQueued: this.embedded.persistence?.stats.queuedMessages ?? 0,
       subscriptionsRefused: this.embedded.subscriptionLimits.refused,
       brokerClientErrors: this.embedded.stats.clientErrors,
+      agentDeviceLimitRefused: this.agentDeviceLimitRefused,
       refusedTunnels: this.refusedTunnels,
       unauthenticated: this.unauthenticated,
       handshakeTimeouts: this.handshakeTimeouts,
@@ -577,6 +587,7 @@ export class CloudHub {
         // After a takeover the newer session owns the client ID.
         if (this.sessionsByClientId.get(closed.clientId) === closed) {
           this.sessionsByClientId.delete(closed.clientId);
+          this.releaseDevice(closed.agentId, closed.clientId);
           if (closed.admitted) this.registry?.deviceDisconnected(closed.clientId);
         }
         this.droppedQos0OfClosedSessions += closed.droppedQos0;
@@ -637,6 +648,12 @@ export class CloudHub {
       refuse('MQTT 5 on the embedded 3.1.1 broker', clientId, refusalConnack(version, 'unsupported-protocol'));
       return;
     }
+    if (!this.holdDevice(record.agentId, clientId, log)) {
+      refuse(`agent ${record.agentId} holds maxDevicesPerAgent devices`, clientId, refusalConnack(version, 'quota-exceeded'));
+      return;
+    }
+    const previous = this.sessionsByClientId.get(clientId);
+    if (previous !== undefined && previous.agentId !== record.agentId) this.releaseDevice(previous.agentId, clientId);
     this.sessionsByClientId.set(clientId, session);
     if (backend.kind === 'embedded') {
       session.connectBroker(connect, (owner) => {
@@ -647,6 +664,34 @@ export class CloudHub {
     } else {
       session.connectBroker(connect, (owner) => backend.group.connect(owner));
     }
+  }
+
+  /** Counts `clientId` against the agent's device limit; false when the agent is at it (a takeover within the agent is no new device). */
+  private holdDevice(agentId: string, clientId: string, log: Logger): boolean {
+    let held = this.devicesByAgent.get(agentId);
+    if (held === undefined) {
+      held = new Set();
+      this.devicesByAgent.set(agentId, held);
+    }
+    if (held.has(clientId)) return true;
+    const limit = this.options.maxDevicesPerAgent ?? HUB_DEFAULTS.maxDevicesPerAgent;
+    if (held.size >= limit) {
+      this.agentDeviceLimitRefused++;
+      if (!this.agentsAtDeviceLimit.has(agentId)) {
+        this.agentsAtDeviceLimit.add(agentId);
+        log.warn({ devices: held.size, limit, reason: 'maxDevicesPerAgent reached' }, 'refusing new devices of this agent');
+      }
+      return false;
+    }
+    held.add(clientId);
+    return true;
+  }
+
+  private releaseDevice(agentId: string, clientId: string): void {
+    const held = this.devicesByAgent.get(agentId);
+    if (held === undefined || !held.delete(clientId)) return;
+    this.agentsAtDeviceLimit.delete(agentId);
+    if (held.size === 0) this.devicesByAgent.delete(agentId);
   }
 
   private resumeSession(tunnel: Tunnel, record: AgentRecord, streamId: number, resume: ResumeBody, log: Logger): void {

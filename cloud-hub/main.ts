@@ -32,6 +32,7 @@ export async function startHub(config: HubConfig, log: Logger = createLogger('cl
     maxQueuedBytes: config.maxQueuedBytes,
     offlineQueue: config.offlineQueue,
     maxClientIdLength: config.maxClientIdLength,
+    maxDevicesPerAgent: config.maxDevicesPerAgent,
     subscriptionLimits: config.subscriptions,
     registryExpireAfterMs: config.registry.expireAfterDays * 24 * 3600 * 1000,
     namespaces: config.namespaces,
