@@ -6,6 +6,7 @@ import { MuxStream } from '../shared/mux-stream.js';
 import { SocketBatcher } from '../shared/socket-batcher.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import type { ConnectLimits, DeviceConnect } from './connect-packet.js';
+import { ConnectRate } from './connect-rate.js';
 import { DeviceConnection, type DeviceHost } from './device-connection.js';
 import { type HubAddress, TunnelPool } from './tunnel-pool.js';
 
@@ -32,6 +33,8 @@ export interface AgentOptions {
   resumeGraceMs: number;
   backoffInitialMs: number;
   backoffMaxMs: number;
+  /** CONNECTs per second from one (non-loopback) source address; 0 for no limit, DEFAULT_CONNECTS_PER_SECOND_PER_ADDRESS when absent. */
+  connectsPerSecondPerAddress?: number;
   /** Longest device client ID, in characters; DEFAULT_MAX_CLIENT_ID_LENGTH when absent. */
   maxClientIdLength?: number;
   /** Mean interval between TCP probes while a hub is unreachable (default DEFAULT_RECONNECT_PROBE_MS). */
@@ -50,6 +53,8 @@ export interface AgentStats {
   wanConnections: number;
   /** Device connections the agent closed or lost after CONNECT. */
   deviceDisconnects: number;
+  /** CONNECTs refused because their source address connected too often. */
+  connectsRateLimited: number;
 }
 
 /** What the agent tracks of one device stream beyond its bytes. */
@@ -66,6 +71,11 @@ interface StreamState {
 }
 
 const SWEEP_INTERVAL_MS = 1000;
+/**
+ * A device in a reconnect loop tries hundreds of times a second; a site's
+ * devices each have their own address, so a legitimate one needs a handful.
+ */
+export const DEFAULT_CONNECTS_PER_SECOND_PER_ADDRESS = 200;
 /** The hub's default too (and aedes'): every ID the hub admits is kept in its registry. */
 export const DEFAULT_MAX_CLIENT_ID_LENGTH = 256;
 /** Connections the kernel queues on the device port (capped by net.core.somaxconn). */
@@ -86,6 +96,7 @@ export class EdgeAgent implements DeviceHost {
   readonly maxPacketSize: number;
   readonly assignedIdPrefix: string;
   readonly connectLimits: ConnectLimits;
+  readonly connectRate: ConnectRate | null;
   deviceDisconnects = 0;
   private readonly streamStates = new Map<DeviceStream, StreamState>();
   private nextStreamId = 1;
@@ -101,6 +112,8 @@ export class EdgeAgent implements DeviceHost {
     this.maxPacketSize = options.maxPacketSize;
     this.assignedIdPrefix = assignedIdPrefix(options.agentId);
     this.connectLimits = { maxClientIdLength: options.maxClientIdLength ?? DEFAULT_MAX_CLIENT_ID_LENGTH };
+    const perSecond = options.connectsPerSecondPerAddress ?? DEFAULT_CONNECTS_PER_SECOND_PER_ADDRESS;
+    this.connectRate = perSecond > 0 ? new ConnectRate(perSecond) : null;
     this.pool = new TunnelPool({
       agentId: options.agentId,
       worker: options.worker ?? 0,
@@ -161,6 +174,7 @@ export class EdgeAgent implements DeviceHost {
       tunnelsUp: this.pool.readyCount,
       wanConnections: this.pool.connectionsOpened,
       deviceDisconnects: this.deviceDisconnects,
+      connectsRateLimited: this.connectRate?.refused ?? 0,
     };
   }
 

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
-import { DEFAULT_DEVICE_BACKLOG, DEFAULT_MAX_CLIENT_ID_LENGTH } from './agent.js';
+import { DEFAULT_CONNECTS_PER_SECOND_PER_ADDRESS, DEFAULT_DEVICE_BACKLOG, DEFAULT_MAX_CLIENT_ID_LENGTH } from './agent.js';
 import { DEFAULT_RECONNECT_PROBE_MS } from './tunnel-pool.js';
 
 const port = z.number().int().min(0).max(65535);
@@ -15,6 +15,8 @@ export const agentConfigSchema = z.strictObject({
       port: port.default(1883),
       /** A storm of devices overflows a short accept queue into SYN retransmits of 1 s and more. */
       backlog: z.number().int().min(1).max(65535).default(DEFAULT_DEVICE_BACKLOG),
+      /** CONNECTs per second from one source address (loopback exempt); 0: no limit. */
+      connectsPerSecondPerAddress: z.number().int().min(0).default(DEFAULT_CONNECTS_PER_SECOND_PER_ADDRESS),
     })
     .prefault({}),
   hubs: z.array(hostPort).min(1, 'name at least one hub as host:port').default(['127.0.0.1:8883']),

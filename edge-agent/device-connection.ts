@@ -8,6 +8,7 @@ import type { MuxStream, StreamSink } from '../shared/mux-stream.js';
 import type { SocketBatcher } from '../shared/socket-batcher.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import { admitConnect, type ConnectLimits, type DeviceConnect } from './connect-packet.js';
+import type { ConnectRate } from './connect-rate.js';
 
 export type DeviceState = 'awaiting-connect' | 'attached' | 'draining' | 'closed';
 
@@ -19,6 +20,8 @@ export interface DeviceHost {
   readonly assignedIdPrefix: string;
   /** Checks on a CONNECT before it is forwarded. */
   readonly connectLimits: ConnectLimits;
+  /** CONNECTs per second from one source address; null: unlimited. */
+  readonly connectRate: ConnectRate | null;
   /** Opens a stream for the device and sends its CONNECT; null when no tunnel is up. */
   openStream(device: DeviceConnection, connect: DeviceConnect): MuxStream<DeviceConnection, Tunnel> | null;
   /** Tells the hub the stream ended; `abrupt` makes the broker publish the will. */
@@ -39,6 +42,14 @@ const DRAIN_TIMEOUT_MS = 10_000;
 const SHUTDOWN_LINGER_MS = 2_000;
 /** MQTT 5 §3.14.2.1: DISCONNECT from the server, reason code 0x8B Server shutting down, no properties. */
 const DISCONNECT_SERVER_SHUTTING_DOWN = Buffer.from([0xe0, 0x02, 0x8b, 0x00]);
+/**
+ * Processes on the agent's own box (the simulator, a local protocol
+ * converter) are not rate-limited: whoever connects from there holds the box.
+ */
+function isLoopback(address: string): boolean {
+  return address.startsWith('127.') || address === '::1' || address.startsWith('::ffff:127.');
+}
+
 /** Each socket points to its device, so one set of listeners serves every device instead of closures per device. */
 const DEVICE = Symbol('device');
 type DeviceSocket = Socket & { [DEVICE]: DeviceConnection };
@@ -270,6 +281,18 @@ export class DeviceConnection implements StreamSink {
       return;
     }
     const { connect } = verdict;
+    const address = this.socket.remoteAddress;
+    const rate = this.host.connectRate === null || address === undefined || isLoopback(address) ? 'admit' : this.host.connectRate.take(address);
+    if (rate !== 'admit') {
+      // Logged once per episode: the device decides how often it tries.
+      if (rate === 'refuse-first') {
+        this.host.log.warn({ clientId: connect.clientId.slice(0, 64), remote: address, reason: 'connects per second from this address over the limit' }, 'device refused');
+      }
+      this.state = 'draining';
+      this.timerStart = Date.now();
+      this.socket.end(refusalConnack(connect.protocolVersion, 'connection-rate-exceeded'));
+      return;
+    }
     this.clientId = connect.clientId;
     this.keepaliveMs = connect.keepaliveSeconds * 1000;
     this.protocolVersion = connect.protocolVersion;

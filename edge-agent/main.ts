@@ -19,6 +19,7 @@ export async function startAgent(
     deviceHost: config.listen.host,
     devicePort: config.listen.port,
     deviceBacklog: config.listen.backlog,
+    connectsPerSecondPerAddress: config.listen.connectsPerSecondPerAddress,
     hubs: hubAddresses(config),
     tunnels: config.tunnels,
     tls,
