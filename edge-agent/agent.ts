@@ -39,6 +39,8 @@ export interface AgentOptions {
   maxClientIdLength?: number;
   /** Mean interval between TCP probes while a hub is unreachable (default DEFAULT_RECONNECT_PROBE_MS). */
   reconnectProbeMs?: number;
+  /** Clock of the connect rate limit; injected by tests. */
+  now?: () => number;
   /** Jitter source for reconnect delays, in [0, 1); injected by tests. */
   random?: () => number;
   log: Logger;
@@ -113,7 +115,7 @@ export class EdgeAgent implements DeviceHost {
     this.assignedIdPrefix = assignedIdPrefix(options.agentId);
     this.connectLimits = { maxClientIdLength: options.maxClientIdLength ?? DEFAULT_MAX_CLIENT_ID_LENGTH };
     const perSecond = options.connectsPerSecondPerAddress ?? DEFAULT_CONNECTS_PER_SECOND_PER_ADDRESS;
-    this.connectRate = perSecond > 0 ? new ConnectRate(perSecond) : null;
+    this.connectRate = perSecond > 0 ? new ConnectRate(perSecond, options.now) : null;
     this.pool = new TunnelPool({
       agentId: options.agentId,
       worker: options.worker ?? 0,
