@@ -9,6 +9,7 @@ import { startMetricsServer } from '../shared/metrics-server.js';
 import { hubMetrics } from './hub-metrics.js';
 import { startHub } from './main.js';
 import { reloadHub, runningHub } from './reload.js';
+import { OPEN_NAMESPACES } from './routes.js';
 
 const HELP = `cloud-hub: takes agent tunnels apart into device sessions on a broker
 
@@ -23,6 +24,8 @@ Usage: cloud-hub [options]
   --app-password-file FILE  application user names and passwords, written by mosquitto_passwd
   --app-allow-anonymous     let applications in without credentials on any address: anyone who
                        reaches the port reads and publishes every topic
+  --open-namespaces    let every agent use every client ID (namespaces: [{agentId: '*', clientIds: ['*']}]);
+                       without it and without namespaces, agent A may use only client IDs "A:*"
   --ca FILE --cert FILE --key FILE   TLS material (CA of the agents, hub certificate and key)
   --dev-pki DIR        create or reuse a development PKI in DIR instead of --ca/--cert/--key
   --state FILE         SQLite file keeping persistent sessions, retained messages and offline
@@ -46,6 +49,7 @@ runCli(async () => {
       'app-port': { type: 'string' },
       'app-password-file': { type: 'string' },
       'app-allow-anonymous': { type: 'boolean' },
+      'open-namespaces': { type: 'boolean' },
       ca: { type: 'string' },
       cert: { type: 'string' },
       key: { type: 'string' },
@@ -80,6 +84,7 @@ runCli(async () => {
             allowAnonymous: values['app-allow-anonymous'],
           },
           ...tlsFlags,
+          ...(values['open-namespaces'] ? { namespaces: OPEN_NAMESPACES } : {}),
           devPki: values['dev-pki'],
           statePath: values.state,
           ...(values['metrics-port'] !== undefined ? { metrics: { host: values['metrics-host'], port: numberFlag(values['metrics-port']) } } : {}),

@@ -5,7 +5,8 @@ import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import { SocketBatcher } from '../shared/socket-batcher.js';
 import type { Tunnel } from '../shared/tunnel.js';
-import type { DeviceConnect } from './connect-packet.js';
+import type { ConnectLimits, DeviceConnect } from './connect-packet.js';
+import { ConnectRate } from './connect-rate.js';
 import { DeviceConnection, type DeviceHost } from './device-connection.js';
 import { DeviceListener, type DeviceListenerOptions, type ListenerType } from './device-listeners.js';
 import { type HubAddress, TunnelPool } from './tunnel-pool.js';
@@ -35,8 +36,14 @@ export interface AgentOptions {
   resumeGraceMs: number;
   backoffInitialMs: number;
   backoffMaxMs: number;
+  /** CONNECTs per second from one (non-loopback) source address; 0 for no limit, DEFAULT_CONNECTS_PER_SECOND_PER_ADDRESS when absent. */
+  connectsPerSecondPerAddress?: number;
+  /** Longest device client ID, in characters; DEFAULT_MAX_CLIENT_ID_LENGTH when absent. */
+  maxClientIdLength?: number;
   /** Mean interval between TCP probes while a hub is unreachable (default DEFAULT_RECONNECT_PROBE_MS). */
   reconnectProbeMs?: number;
+  /** Clock of the connect rate limit; injected by tests. */
+  now?: () => number;
   /** Jitter source for reconnect delays, in [0, 1); injected by tests. */
   random?: () => number;
   log: Logger;
@@ -51,6 +58,8 @@ export interface AgentStats {
   wanConnections: number;
   /** Device connections the agent closed or lost after CONNECT. */
   deviceDisconnects: number;
+  /** CONNECTs refused because their source address connected too often. */
+  connectsRateLimited: number;
 }
 
 /** What the agent tracks of one device stream beyond its bytes. */
@@ -67,6 +76,13 @@ interface StreamState {
 }
 
 const SWEEP_INTERVAL_MS = 1000;
+/**
+ * A device in a reconnect loop tries hundreds of times a second; a site's
+ * devices each have their own address, so a legitimate one needs a handful.
+ */
+export const DEFAULT_CONNECTS_PER_SECOND_PER_ADDRESS = 200;
+/** The hub's default too (and aedes'): every ID the hub admits is kept in its registry. */
+export const DEFAULT_MAX_CLIENT_ID_LENGTH = 256;
 /** Connections the kernel queues on the device port (capped by net.core.somaxconn). */
 export const DEFAULT_DEVICE_BACKLOG = 4096;
 /** The agent's replay memory per stream stays bounded whatever window the hub grants. */
@@ -84,6 +100,8 @@ export class EdgeAgent implements DeviceHost {
   readonly log: Logger;
   readonly maxPacketSize: number;
   readonly assignedIdPrefix: string;
+  readonly connectLimits: ConnectLimits;
+  readonly connectRate: ConnectRate | null;
   deviceDisconnects = 0;
   private readonly streamStates = new Map<DeviceStream, StreamState>();
   private nextStreamId = 1;
@@ -97,6 +115,9 @@ export class EdgeAgent implements DeviceHost {
     this.log = options.log;
     this.maxPacketSize = options.maxPacketSize;
     this.assignedIdPrefix = assignedIdPrefix(options.agentId);
+    this.connectLimits = { maxClientIdLength: options.maxClientIdLength ?? DEFAULT_MAX_CLIENT_ID_LENGTH };
+    const perSecond = options.connectsPerSecondPerAddress ?? DEFAULT_CONNECTS_PER_SECOND_PER_ADDRESS;
+    this.connectRate = perSecond > 0 ? new ConnectRate(perSecond, options.now) : null;
     this.pool = new TunnelPool({
       agentId: options.agentId,
       worker: options.worker ?? 0,
@@ -170,6 +191,7 @@ export class EdgeAgent implements DeviceHost {
       tunnelsUp: this.pool.readyCount,
       wanConnections: this.pool.connectionsOpened,
       deviceDisconnects: this.deviceDisconnects,
+      connectsRateLimited: this.connectRate?.refused ?? 0,
     };
   }
 

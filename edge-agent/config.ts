@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
-import { DEFAULT_DEVICE_BACKLOG } from './agent.js';
+import { DEFAULT_CONNECTS_PER_SECOND_PER_ADDRESS, DEFAULT_DEVICE_BACKLOG, DEFAULT_MAX_CLIENT_ID_LENGTH } from './agent.js';
 import { DEFAULT_RECONNECT_PROBE_MS } from './tunnel-pool.js';
 
 const port = z.number().int().min(0).max(65535);
@@ -59,6 +59,8 @@ export const agentConfigSchema = z.strictObject({
       host: z.string().optional(),
       port: port.optional(),
       backlog,
+      /** CONNECTs per second from one source address (loopback exempt); 0: no limit. */
+      connectsPerSecondPerAddress: z.number().int().min(0).default(DEFAULT_CONNECTS_PER_SECOND_PER_ADDRESS),
     })
     .prefault({}),
   listeners: z.array(listenerSchema).min(1, 'name at least one listener, or leave listeners out for plain TCP').optional(),
@@ -78,6 +80,8 @@ export const agentConfigSchema = z.strictObject({
   streamWindow: z.number().int().min(1024).default(TUNNEL_DEFAULTS.streamWindow),
   maxPacketSize: z.number().int().min(1024).max(268_435_460).default(TUNNEL_DEFAULTS.maxFramePayload),
   connectTimeoutMs: z.number().int().min(100).default(10_000),
+  /** Longest device client ID, in characters; longer ones get CONNACK identifier rejected. */
+  maxClientIdLength: z.number().int().min(23).max(65_535).default(DEFAULT_MAX_CLIENT_ID_LENGTH),
   heartbeatMs: z.number().int().min(100).default(TUNNEL_DEFAULTS.heartbeatMs),
   deadAfterMs: z.number().int().min(300).default(TUNNEL_DEFAULTS.deadAfterMs),
   resumeGraceMs: z.number().int().min(0).default(TUNNEL_DEFAULTS.resumeGraceMs),

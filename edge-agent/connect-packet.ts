@@ -27,6 +27,34 @@ export type ConnectVerdict =
   | { ok: true; connect: DeviceConnect }
   | { ok: false; reason: string; connack: Buffer };
 
+export interface ConnectLimits {
+  /** Longest client ID admitted, in characters (as aedes counts); longer ones get CONNACK identifier rejected. */
+  maxClientIdLength: number;
+}
+
+/** MQTT 3.1 (MQIsdp), 3.1.1 and 5.0. */
+const PROTOCOL_LEVELS = new Set([3, 4, 5]);
+
+/**
+ * The protocol level of a CONNECT whose protocol name is MQTT's but whose
+ * level is none this side speaks; null otherwise. MQTT 3.1.1 §3.1.2.2: the
+ * server answers CONNACK 0x01 and closes. That CONNACK is in 3.1.1 form, as
+ * Mosquitto's is: a device of an unknown version can read no other, and one
+ * that speaks 5.0 takes it as the refusal it is.
+ */
+function unsupportedLevel(bytes: Buffer): number | null {
+  let offset = 1;
+  while (offset < 5 && (bytes[offset] & 0x80) !== 0) offset++;
+  offset++;
+  if (offset + 2 > bytes.length) return null;
+  const nameEnd = offset + 2 + bytes.readUInt16BE(offset);
+  if (nameEnd >= bytes.length) return null;
+  const name = bytes.toString('latin1', offset + 2, nameEnd);
+  if (name !== 'MQTT' && name !== 'MQIsdp') return null;
+  const level = bytes[nameEnd];
+  return PROTOCOL_LEVELS.has(level) ? null : level;
+}
+
 /**
  * Decides how a device's CONNECT enters the tunnel. The hub demultiplexes by
  * client ID, so an empty one needs care: MQTT 3.1.1 §3.1.3.1 lets the server
@@ -38,12 +66,24 @@ export type ConnectVerdict =
  * the device put in the CONNECT, in the bytes themselves, because those are
  * what the hub checks and the broker reads.
  */
-export function admitConnect(bytes: Buffer, assignPrefix: string, identity: DeviceIdentity | null = null): ConnectVerdict {
+export function admitConnect(bytes: Buffer, assignPrefix: string, limits: ConnectLimits, identity: DeviceIdentity | null = null): ConnectVerdict {
+  const level = unsupportedLevel(bytes);
+  if (level !== null) {
+    return { ok: false, reason: `unsupported protocol level ${level}`, connack: refusalConnack(4, 'unsupported-protocol') };
+  }
   const packet = parseConnect(bytes);
   const protocolVersion = packet.protocolVersion ?? 4;
   const cleanSession = packet.clean ?? true;
   let clientId = packet.clientId;
   let username = packet.username;
+  if (clientId.length > limits.maxClientIdLength) {
+    // Every ID admitted is kept by the hub; MQTT allows 65 535 bytes.
+    return {
+      ok: false,
+      reason: `client ID of ${clientId.length} characters is longer than maxClientIdLength (${limits.maxClientIdLength})`,
+      connack: refusalConnack(protocolVersion, 'identifier-rejected'),
+    };
+  }
   let forwarded = bytes;
   let clientIdAssigned = false;
   if (identity !== null) {

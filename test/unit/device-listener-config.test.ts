@@ -6,6 +6,8 @@ import { parseConnect } from '../../shared/mqtt-connect.js';
 import { validateConfig } from '../../shared/config-loader.js';
 import { isEdgemuxError } from '../../shared/errors.js';
 
+const LIMITS = { maxClientIdLength: 256 };
+
 const base = { devPki: '/tmp/unused' };
 
 function problems(layer: Record<string, unknown>): string {
@@ -65,7 +67,7 @@ describe('a CONNECT named by the device certificate', () => {
     mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion, clientId: 'sent-id', clean: true, keepalive: 30, ...fields });
 
   it('replaces the client ID in the bytes forwarded, keeping the rest', () => {
-    const verdict = admitConnect(connect({ username: 'u', password: Buffer.from('p') }), 'emx-', { name: 'sensor-1', as: 'clientId' });
+    const verdict = admitConnect(connect({ username: 'u', password: Buffer.from('p') }), 'emx-', LIMITS, { name: 'sensor-1', as: 'clientId' });
     if (!verdict.ok) throw new Error(verdict.reason);
     expect(verdict.connect.clientId).toBe('sensor-1');
     const forwarded = parseConnect(verdict.connect.bytes);
@@ -74,11 +76,11 @@ describe('a CONNECT named by the device certificate', () => {
   });
 
   it('replaces the username, or both, in MQTT 5 too', () => {
-    const asUsername = admitConnect(connect({ username: 'claimed' }, 5), 'emx-', { name: 'sensor-2', as: 'username' });
+    const asUsername = admitConnect(connect({ username: 'claimed' }, 5), 'emx-', LIMITS, { name: 'sensor-2', as: 'username' });
     if (!asUsername.ok) throw new Error(asUsername.reason);
     expect(parseConnect(asUsername.connect.bytes)).toMatchObject({ clientId: 'sent-id', username: 'sensor-2', protocolVersion: 5 });
     expect(asUsername.connect.username).toBe('sensor-2');
-    const both = admitConnect(connect({}, 5), 'emx-', { name: 'sensor-3', as: 'both' });
+    const both = admitConnect(connect({}, 5), 'emx-', LIMITS, { name: 'sensor-3', as: 'both' });
     if (!both.ok) throw new Error(both.reason);
     expect(parseConnect(both.connect.bytes)).toMatchObject({ clientId: 'sensor-3', username: 'sensor-3' });
   });
@@ -87,15 +89,15 @@ describe('a CONNECT named by the device certificate', () => {
     const bytes = connect({ clientId: '' });
     // mqtt-packet will not generate this CONNECT: clear the clean session flag (MQTT 3.1.1 §3.1.2.4) by hand.
     bytes[9] &= ~0x02;
-    expect(admitConnect(bytes, 'emx-').ok).toBe(false);
-    const verdict = admitConnect(bytes, 'emx-', { name: 'sensor-4', as: 'clientId' });
+    expect(admitConnect(bytes, 'emx-', LIMITS).ok).toBe(false);
+    const verdict = admitConnect(bytes, 'emx-', LIMITS, { name: 'sensor-4', as: 'clientId' });
     if (!verdict.ok) throw new Error(verdict.reason);
     expect(verdict.connect).toMatchObject({ clientId: 'sensor-4', clientIdAssigned: false, cleanSession: false });
   });
 
   it('forwards the device bytes untouched when the certificate name is what the device sent', () => {
     const bytes = connect({ clientId: 'sensor-5' });
-    const verdict = admitConnect(bytes, 'emx-', { name: 'sensor-5', as: 'clientId' });
+    const verdict = admitConnect(bytes, 'emx-', LIMITS, { name: 'sensor-5', as: 'clientId' });
     if (!verdict.ok) throw new Error(verdict.reason);
     expect(verdict.connect.bytes).toBe(bytes);
   });
