@@ -6,7 +6,7 @@ import { createLogger } from '../shared/logger.js';
 import { ReloadOnSignal } from '../shared/reload.js';
 import { type HubConfig, hubConfigSchema } from './config.js';
 import { startMetricsServer } from '../shared/metrics-server.js';
-import { hubMetrics } from './hub-metrics.js';
+import { hubMetrics, hubReadiness } from './hub-metrics.js';
 import { startHub } from './main.js';
 import { reloadHub, runningHub } from './reload.js';
 
@@ -23,7 +23,7 @@ Usage: cloud-hub [options]
   --dev-pki DIR        create or reuse a development PKI in DIR instead of --ca/--cert/--key
   --state FILE         SQLite file keeping persistent sessions, retained messages and offline
                        queues across restarts, and the agent/device registry (default: in memory)
-  --metrics-port PORT  serve Prometheus /metrics and /healthz on 127.0.0.1:PORT (--metrics-host to change)
+  --metrics-port PORT  serve Prometheus /metrics, /healthz and /readyz on 127.0.0.1:PORT (--metrics-host to change)
   --log-level LEVEL    fatal|error|warn|info|debug|trace|silent (default info)
   -h, --help
 
@@ -82,7 +82,7 @@ runCli(async () => {
   const log = createLogger('cloud-hub', config.logLevel);
   const hub = await startHub(config, log);
   const metrics = config.metrics
-    ? await startMetricsServer({ ...config.metrics, registry: hubMetrics(hub), health: () => ({ healthy: true, ...hub.stats() }) })
+    ? await startMetricsServer({ ...config.metrics, registry: hubMetrics(hub), ready: () => hubReadiness(hub), details: () => ({ ...hub.stats() }) })
     : null;
   let running = await runningHub(config);
   reloads.use(async () => {

@@ -7,9 +7,12 @@ import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import { Tunnel } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
+import { RateLimitedLog } from '../shared/log-rate-limit.js';
 import { BrokerPipe } from './broker-pipe.js';
-import { DeviceSession, type SessionStream } from './device-session.js';
+import { DeviceSession, DISCONNECT_REASON, type SessionStream } from './device-session.js';
 import { type EmbeddedBroker, startEmbeddedBroker } from './embedded-broker.js';
+import { ExternalBrokerLink } from './external-broker.js';
+import { HubCounters, type RefusalReason } from './hub-counters.js';
 import { Registry } from './registry.js';
 import { SqlitePersistence } from './sqlite-persistence.js';
 import { Namespaces, type NamespaceRule, type Route, Router } from './routes.js';
@@ -39,8 +42,37 @@ export interface HubOptions {
    * broker keeps its state in memory and there is no registry.
    */
   statePath?: string;
+  /** Device connect, disconnect and refusal lines: at most `burst` at once and `perSecond` after that. */
+  deviceLogLimit?: { perSecond: number; burst: number };
   log: Logger;
 }
+
+/** One tunnel of an agent, as the admin API shows it. */
+export interface TunnelView {
+  transport: 'tls';
+  remote: string;
+  since: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+export interface AgentView {
+  agentId: string;
+  worker: number;
+  instance: string;
+  draining: boolean;
+  sessions: number;
+  tunnels: TunnelView[];
+}
+
+/** Whether the hub can do its job: its listeners up and each route with a broker that answers. */
+export interface HubReadiness {
+  ready: boolean;
+  reasons: string[];
+  routes: { route: string; brokers: { url: string; healthy: boolean }[] }[];
+}
+
+const DEFAULT_DEVICE_LOG_LIMIT = { perSecond: 20, burst: 100 };
 
 export interface HubStats {
   agents: number;
@@ -61,6 +93,7 @@ interface AgentRecord {
   instance: string;
   /** Earlier instances of this agent worker: a late HELLO from one must not end the current sessions. */
   retired: string[];
+  worker: number;
   streams: Map<number, SessionStream>;
   tunnels: Set<Tunnel>;
 }
@@ -85,6 +118,7 @@ function capWindow(window: number): number {
 export class CloudHub {
   readonly broker: Aedes;
   readonly sessions = new Set<DeviceSession>();
+  readonly counters = new HubCounters();
   private router: Router;
   private namespaces: Namespaces;
   private droppedQos0OfClosedSessions = 0;
@@ -92,6 +126,10 @@ export class CloudHub {
   private readonly reportedTraffic = new WeakMap<DeviceSession, DeviceSession['traffic']>();
   private readonly agents = new Map<string, AgentRecord>();
   private readonly tunnels = new Set<Tunnel>();
+  private readonly tunnelSince = new WeakMap<Tunnel, { since: number; remote: string }>();
+  /** Agents whose devices are sent elsewhere: new ones are refused until the drain is lifted. */
+  private readonly draining = new Set<string>();
+  private readonly deviceLog: { connected: RateLimitedLog; disconnected: RateLimitedLog; refused: RateLimitedLog };
   private readonly sweep: NodeJS.Timeout;
 
   private constructor(
@@ -104,8 +142,15 @@ export class CloudHub {
     this.broker = embedded.broker;
     this.router = new Router(options.routes ?? []);
     this.namespaces = new Namespaces(options.namespaces ?? []);
+    const limit = options.deviceLogLimit ?? DEFAULT_DEVICE_LOG_LIMIT;
+    this.deviceLog = {
+      connected: new RateLimitedLog(options.log, { msg: 'device connected', plural: 'device connects', ...limit }),
+      disconnected: new RateLimitedLog(options.log, { msg: 'device disconnected', plural: 'device disconnects', ...limit }),
+      refused: new RateLimitedLog(options.log, { msg: 'device refused', plural: 'device refusals', ...limit }),
+    };
     tunnelServer.on('secureConnection', (socket) => this.acceptTunnel(socket));
     tunnelServer.on('tlsClientError', (err, socket) => {
+      this.counters.refused('tunnel-tls');
       options.log.warn({ remote: socket.remoteAddress, reason: err.message }, 'tunnel TLS handshake refused');
     });
     this.sweep = setInterval(() => this.sweepSessions(), SWEEP_INTERVAL_MS);
@@ -165,6 +210,83 @@ export class CloudHub {
     return { agents: agents.size, tunnels: this.tunnels.size, sessions: this.sessions.size, detached, queuedBytes, replayBytes, brokerHeldBytes, droppedQos0 };
   }
 
+  /** Every agent worker the hub holds tunnels or sessions for. */
+  agentViews(): AgentView[] {
+    return [...this.agents.values()].map((record) => ({
+      agentId: record.agentId,
+      worker: record.worker,
+      instance: record.instance,
+      draining: this.draining.has(record.agentId),
+      sessions: record.streams.size,
+      tunnels: [...record.tunnels].map((tunnel) => {
+        const seen = this.tunnelSince.get(tunnel);
+        return { transport: 'tls', remote: seen?.remote ?? '', since: seen?.since ?? 0, bytesIn: tunnel.traffic.bytesIn, bytesOut: tunnel.traffic.bytesOut };
+      }),
+    }));
+  }
+
+  /** The session of each connected client ID, in no particular order. */
+  devices(): IterableIterator<DeviceSession> {
+    return this.sessionsByClientId.values();
+  }
+
+  device(clientId: string): DeviceSession | undefined {
+    return this.sessionsByClientId.get(clientId);
+  }
+
+  /** The broker a session's device is connected to: 'embedded' or the external broker's URL. */
+  backendOf(session: DeviceSession): string {
+    return session.link instanceof ExternalBrokerLink ? (session.link.endpoint?.url ?? 'none') : 'embedded';
+  }
+
+  /**
+   * Ends one device's session for an operator; its broker sees a lost
+   * connection (and publishes its will). False when no such device is connected.
+   */
+  disconnectDevice(clientId: string): boolean {
+    const session = this.sessionsByClientId.get(clientId);
+    return session?.endByHub(DISCONNECT_REASON.administrativeAction, 'disconnected by an operator', false) ?? false;
+  }
+
+  /**
+   * Sends an agent's devices elsewhere (MQTT 5 devices are told to use
+   * another server) and refuses its new ones until `undrainAgent`. Their
+   * brokers see a DISCONNECT, so no will announces devices that are only
+   * moving. Returns how many sessions were ended.
+   */
+  drainAgent(agentId: string): number {
+    this.draining.add(agentId);
+    let ended = 0;
+    for (const session of [...this.sessions]) {
+      if (session.agentId === agentId && session.endByHub(DISCONNECT_REASON.useAnotherServer, 'agent drained', true)) ended++;
+    }
+    this.options.log.info({ agentId, sessions: ended }, 'agent drained');
+    return ended;
+  }
+
+  /** Lets an agent's devices connect again; false when it was not draining. */
+  undrainAgent(agentId: string): boolean {
+    const was = this.draining.delete(agentId);
+    if (was) this.options.log.info({ agentId }, 'agent drain lifted');
+    return was;
+  }
+
+  readiness(): HubReadiness {
+    const reasons: string[] = [];
+    if (!this.tunnelServer.listening) reasons.push('tunnel listener is not listening');
+    if (!this.embedded.appServer.listening) reasons.push('application listener is not listening');
+    const routes: HubReadiness['routes'] = [];
+    for (const route of this.router.routes) {
+      if (route.backend.kind !== 'external') continue;
+      const brokers = route.backend.group.health();
+      routes.push({ route: route.name, brokers });
+      if (!brokers.some((broker) => broker.healthy)) {
+        reasons.push(`route ${route.name}: no broker reachable (${brokers.map((broker) => broker.url).join(', ')})`);
+      }
+    }
+    return { ready: reasons.length === 0, reasons, routes };
+  }
+
   /**
    * Routes for devices that connect from now on. A session keeps the broker
    * connection it has: a route's group is only consulted when a session opens,
@@ -209,6 +331,7 @@ export class CloudHub {
     const agentId = socket.getPeerCertificate().subject?.CN;
     const log = this.options.log.child({ agentId, remote: socket.remoteAddress });
     if (typeof agentId !== 'string' || agentId.length === 0) {
+      this.counters.refused('tunnel-identity');
       log.warn({ reason: 'certificate has no common name' }, 'tunnel refused');
       socket.destroy();
       return;
@@ -227,6 +350,7 @@ export class CloudHub {
       if (record === null) tunnel.close('no HELLO in time');
     }, TUNNEL_DEFAULTS.helloTimeoutMs);
     this.tunnels.add(tunnel);
+    this.tunnelSince.set(tunnel, { since: Date.now(), remote: `${socket.remoteAddress}:${socket.remotePort}` });
     tunnel.on('control', (frame) => {
       if (frame.type === FrameType.HELLO) {
         if (record !== null) {
@@ -235,6 +359,7 @@ export class CloudHub {
         }
         clearTimeout(helloTimer);
         if (frame.body.version !== PROTOCOL_VERSION || frame.body.role !== 'agent') {
+          this.counters.refused('tunnel-protocol');
           log.warn({ reason: `HELLO version ${frame.body.version} role ${frame.body.role}` }, 'tunnel refused');
           tunnel.close(`unsupported protocol version ${frame.body.version} or role ${frame.body.role}`);
           return;
@@ -297,7 +422,7 @@ export class CloudHub {
       for (const tunnel of known.tunnels) tunnel.close('agent restarted');
     }
     const retired = known === undefined ? [] : [known.instance, ...known.retired].slice(0, RETIRED_INSTANCES_KEPT);
-    const record: AgentRecord = { key, agentId, instance, retired, streams: new Map(), tunnels: new Set() };
+    const record: AgentRecord = { key, agentId, instance, retired, worker, streams: new Map(), tunnels: new Set() };
     this.agents.set(key, record);
     return record;
   }
@@ -344,7 +469,15 @@ export class CloudHub {
       maxPacketSize: this.options.maxPacketSize,
       maxQueuedBytes: this.options.maxQueuedBytes,
       log,
+      counters: this.counters,
+      onRefused: (refused, reason, detail) => {
+        this.counters.refused(reason);
+        this.deviceLog.refused.info({ clientId: refused.clientId, agentId: refused.agentId, reason, detail });
+      },
       onClosed: (closed) => {
+        if (this.sessions.has(closed)) {
+          this.deviceLog.disconnected.info({ clientId: closed.clientId, agentId: closed.agentId, reason: closed.endReason ?? 'closed' });
+        }
         this.sessions.delete(closed);
         this.reportSessionTraffic(closed);
         // After a takeover the newer session owns the client ID.
@@ -360,21 +493,28 @@ export class CloudHub {
     const stream: SessionStream = new MuxStream(streamId, tunnel, session, capWindow(open.window), this.options.streamWindow, this.options.maxPacketSize);
     session.bind(stream);
     tunnel.send({ type: FrameType.ACCEPT, streamId, body: { window: this.options.streamWindow, received: 0 } });
-    const refuse = (reason: string, kind: RefusalKind): void => {
-      log.info({ clientId: open.clientId, streamId, reason }, 'device refused');
+    const refuse = (reason: RefusalReason, detail: string, kind: RefusalKind): void => {
+      this.counters.refused(reason);
+      this.deviceLog.refused.info({ clientId: open.clientId, agentId: record.agentId, streamId, reason, detail });
       stream.write(refusalConnack(open.protocolVersion, kind));
-      tunnel.send({ type: FrameType.CLOSE, streamId, body: { reason, abrupt: false } });
+      tunnel.send({ type: FrameType.CLOSE, streamId, body: { reason: detail, abrupt: false } });
       stream.close();
     };
     if (!this.namespaces.allows(record.agentId, open.clientId)) {
-      refuse(`client ID outside the namespace of agent ${record.agentId}`, 'not-authorized');
+      refuse('namespace', `client ID outside the namespace of agent ${record.agentId}`, 'not-authorized');
       return;
     }
-    const backend = this.router.backendFor({ clientId: open.clientId, username: open.username, agentId: record.agentId });
+    if (this.draining.has(record.agentId)) {
+      refuse('agent-draining', `agent ${record.agentId} is drained`, 'use-another-server');
+      return;
+    }
+    const route = this.router.pick({ clientId: open.clientId, username: open.username, agentId: record.agentId });
+    const backend = route?.backend ?? { kind: 'embedded' };
     if (backend.kind === 'embedded' && open.protocolVersion === 5) {
-      refuse('MQTT 5 on the embedded 3.1.1 broker', 'unsupported-protocol');
+      refuse('mqtt5-on-embedded', 'MQTT 5 on the embedded 3.1.1 broker', 'unsupported-protocol');
       return;
     }
+    if (route !== null) session.route = route.name;
     tunnel.streams.set(streamId, stream);
     record.streams.set(streamId, stream);
     this.sessions.add(session);
@@ -389,11 +529,13 @@ export class CloudHub {
     } else {
       session.connectBroker((owner) => backend.group.connect(owner));
     }
+    this.deviceLog.connected.info({ clientId: open.clientId, agentId: record.agentId, route: session.route, backend: this.backendOf(session) });
   }
 
   private resumeSession(tunnel: Tunnel, record: AgentRecord, streamId: number, resume: ResumeBody, log: Logger): void {
     const stream = record.streams.get(streamId);
     if (stream === undefined || stream.sink.clientId !== resume.clientId || stream.sink.state === 'closed') {
+      this.counters.refused('unknown-session');
       log.info({ streamId, clientId: resume.clientId, reason: 'no such session on this hub' }, 'resume refused');
       tunnel.send({ type: FrameType.CLOSE, streamId, body: { reason: 'unknown stream', abrupt: false } });
       return;
@@ -411,6 +553,7 @@ export class CloudHub {
     tunnel.streams.set(streamId, stream);
     tunnel.send({ type: FrameType.ACCEPT, streamId, body: { window: this.options.streamWindow, received: stream.receivedOffset } });
     stream.sink.reattach(tunnel, resume.received, capWindow(resume.window));
+    this.counters.resumes++;
     log.debug({ streamId, clientId: resume.clientId }, 'stream resumed');
   }
 

@@ -5,7 +5,7 @@ import { MuxStream } from '../shared/mux-stream.js';
 import { SocketBatcher } from '../shared/socket-batcher.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import type { DeviceConnect } from './connect-packet.js';
-import { DeviceConnection, type DeviceHost } from './device-connection.js';
+import { DeviceConnection, type DeviceHost, type DeviceTraffic } from './device-connection.js';
 import { type HubAddress, TunnelPool } from './tunnel-pool.js';
 
 export type DeviceStream = MuxStream<DeviceConnection, Tunnel>;
@@ -81,6 +81,7 @@ export class EdgeAgent implements DeviceHost {
   readonly maxPacketSize: number;
   readonly assignedIdPrefix: string;
   deviceDisconnects = 0;
+  readonly traffic: DeviceTraffic = { messagesToHub: 0, bytesToHub: 0, messagesToDevice: 0, bytesToDevice: 0 };
   private readonly streamStates = new Map<DeviceStream, StreamState>();
   private nextStreamId = 1;
   private readonly sweep: NodeJS.Timeout;
