@@ -266,7 +266,7 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
       this.finish();
       return;
     }
-    this.endReason ??= reason;
+    this.endReason ??= this.disconnectSeen ? 'device sent DISCONNECT' : reason;
     this.stream.carrier?.send({ type: FrameType.CLOSE, streamId: this.stream.id, body: { reason: 'closed', abrupt: false } });
     this.endBrokerSide();
   }
