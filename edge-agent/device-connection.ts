@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import { effectiveKeepalive, parseConnack, refusalConnack, withAssignedClientId } from '../shared/connack.js';
 import { isEdgemuxError } from '../shared/errors.js';
+import type { RateLimitedLog } from '../shared/log-rate-limit.js';
 import type { Logger } from '../shared/logger.js';
 import { MqttFramer, PacketType, packetTypeOf, PINGRESP_BYTES } from '../shared/mqtt-framing.js';
 import type { MuxStream, StreamSink } from '../shared/mux-stream.js';
@@ -16,6 +17,8 @@ export interface DeviceHost {
   readonly batcher: SocketBatcher;
   readonly maxPacketSize: number;
   readonly assignedIdPrefix: string;
+  /** Per-device info lines, rate limited so a storm of devices cannot flood the log. */
+  readonly deviceLog: { refused: RateLimitedLog; closed: RateLimitedLog };
   /** Agent-wide totals each device adds its packets to; read at scrape time. */
   readonly traffic: DeviceTraffic;
   /** Opens a stream for the device and sends its CONNECT; null when no tunnel is up. */
@@ -262,7 +265,7 @@ export class DeviceConnection implements StreamSink {
 
   /** Answers the CONNECT with a refusing CONNACK and waits for the device to close (the drain timeout cuts it off). */
   private refuse(reason: string, connack: Buffer): void {
-    this.host.log.info({ clientId: this.clientId, remote: this.socket.remoteAddress, reason }, 'device refused');
+    this.host.deviceLog.refused.info({ clientId: this.clientId, remote: this.socket.remoteAddress, reason });
     this.state = 'draining';
     this.timerStart = Date.now();
     this.socket.end(connack);
@@ -290,7 +293,7 @@ export class DeviceConnection implements StreamSink {
 
   private fail(reason: string): void {
     if (this.state === 'closed') return;
-    this.host.log.info({ clientId: this.clientId, remote: this.socket.remoteAddress, reason }, 'closing device');
+    this.host.deviceLog.closed.info({ clientId: this.clientId, remote: this.socket.remoteAddress, reason });
     this.socket.destroy();
     this.onSocketClosed(reason);
   }
