@@ -129,7 +129,7 @@ export class CloudHub {
   private readonly tunnelSince = new WeakMap<Tunnel, { since: number; remote: string }>();
   /** Agents whose devices are sent elsewhere: new ones are refused until the drain is lifted. */
   private readonly draining = new Set<string>();
-  private readonly deviceLog: { connected: RateLimitedLog; disconnected: RateLimitedLog; refused: RateLimitedLog };
+  private readonly deviceLog: { connected: RateLimitedLog; disconnected: RateLimitedLog; refused: RateLimitedLog; resumeRefused: RateLimitedLog };
   private readonly sweep: NodeJS.Timeout;
 
   private constructor(
@@ -147,6 +147,8 @@ export class CloudHub {
       connected: new RateLimitedLog(options.log, { msg: 'device connected', plural: 'device connects', ...limit }),
       disconnected: new RateLimitedLog(options.log, { msg: 'device disconnected', plural: 'device disconnects', ...limit }),
       refused: new RateLimitedLog(options.log, { msg: 'device refused', plural: 'device refusals', ...limit }),
+      // After a hub restart every stream of every agent asks to resume at once.
+      resumeRefused: new RateLimitedLog(options.log, { msg: 'resume refused', plural: 'refused resumes', ...limit }),
     };
     tunnelServer.on('secureConnection', (socket) => this.acceptTunnel(socket));
     tunnelServer.on('tlsClientError', (err, socket) => {
@@ -536,7 +538,7 @@ export class CloudHub {
     const stream = record.streams.get(streamId);
     if (stream === undefined || stream.sink.clientId !== resume.clientId || stream.sink.state === 'closed') {
       this.counters.refused('unknown-session');
-      log.info({ streamId, clientId: resume.clientId, reason: 'no such session on this hub' }, 'resume refused');
+      this.deviceLog.resumeRefused.info({ agentId: record.agentId, streamId, clientId: resume.clientId, reason: 'no such session on this hub' });
       tunnel.send({ type: FrameType.CLOSE, streamId, body: { reason: 'unknown stream', abrupt: false } });
       return;
     }
