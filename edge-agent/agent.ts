@@ -1,12 +1,13 @@
 import net, { type AddressInfo } from 'node:net';
 import { assignedIdPrefix } from '../shared/assigned-client-id.js';
 import { type CloseBody, type ControlFrame, FrameType } from '../shared/frame-codec.js';
+import { RateLimitedLog } from '../shared/log-rate-limit.js';
 import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import { SocketBatcher } from '../shared/socket-batcher.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import type { DeviceConnect } from './connect-packet.js';
-import { DeviceConnection, type DeviceHost } from './device-connection.js';
+import { DeviceConnection, type DeviceHost, type DeviceTraffic } from './device-connection.js';
 import { type HubAddress, TunnelPool } from './tunnel-pool.js';
 
 export type DeviceStream = MuxStream<DeviceConnection, Tunnel>;
@@ -64,6 +65,8 @@ interface StreamState {
 }
 
 const SWEEP_INTERVAL_MS = 1000;
+/** Lines about single devices: a storm writes `burst` of them, then one summary a second. */
+const DEVICE_LOG_LIMIT = { perSecond: 20, burst: 100 };
 /** Connections the kernel queues on the device port (capped by net.core.somaxconn). */
 export const DEFAULT_DEVICE_BACKLOG = 4096;
 /** The agent's replay memory per stream stays bounded whatever window the hub grants. */
@@ -82,6 +85,8 @@ export class EdgeAgent implements DeviceHost {
   readonly maxPacketSize: number;
   readonly assignedIdPrefix: string;
   deviceDisconnects = 0;
+  readonly traffic: DeviceTraffic = { messagesToHub: 0, bytesToHub: 0, messagesToDevice: 0, bytesToDevice: 0 };
+  readonly deviceLog: DeviceHost['deviceLog'];
   private readonly streamStates = new Map<DeviceStream, StreamState>();
   private nextStreamId = 1;
   private readonly sweep: NodeJS.Timeout;
@@ -93,6 +98,11 @@ export class EdgeAgent implements DeviceHost {
     private readonly server: net.Server,
   ) {
     this.log = options.log;
+    const deviceLog = options.log.child({ agentId: options.agentId });
+    this.deviceLog = {
+      refused: new RateLimitedLog(deviceLog, { msg: 'device refused', plural: 'device refusals', ...DEVICE_LOG_LIMIT }),
+      closed: new RateLimitedLog(deviceLog, { msg: 'closing device', plural: 'device closes', ...DEVICE_LOG_LIMIT }),
+    };
     this.maxPacketSize = options.maxPacketSize;
     this.assignedIdPrefix = assignedIdPrefix(options.agentId);
     this.pool = new TunnelPool({
