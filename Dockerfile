@@ -39,6 +39,8 @@ WORKDIR /app
 COPY --from=build --chown=node:node /app/package.json /app/package-lock.json ./
 COPY --from=build --chown=node:node /app/node_modules ./node_modules
 COPY --from=build --chown=node:node /app/dist ./dist
+# The hub's status page is served as plain files, found beside dist/.
+COPY --from=build --chown=node:node /app/cloud-hub/status-page ./cloud-hub/status-page
 
 # Mount points of the named volumes in docker-compose.yml: owning them here
 # makes a fresh volume writable by the non-root user.

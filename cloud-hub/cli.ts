@@ -6,10 +6,12 @@ import { createLogger } from '../shared/logger.js';
 import { ReloadOnSignal } from '../shared/reload.js';
 import { type HubConfig, hubConfigSchema } from './config.js';
 import { startMetricsServer } from '../shared/metrics-server.js';
-import { hubMetrics } from './hub-metrics.js';
+import { hubMetrics, hubReadiness } from './hub-metrics.js';
 import { startHub } from './main.js';
 import { reloadHub, runningHub } from './reload.js';
 import { OPEN_NAMESPACES } from './routes.js';
+import { readAdminToken, startAdminApi } from './admin-api.js';
+import type { SettingsDiff } from '../shared/reload.js';
 
 const HELP = `cloud-hub: takes agent tunnels apart into device sessions on a broker
 
@@ -30,7 +32,9 @@ Usage: cloud-hub [options]
   --dev-pki DIR        create or reuse a development PKI in DIR instead of --ca/--cert/--key
   --state FILE         SQLite file keeping persistent sessions, retained messages and offline
                        queues across restarts, and the agent/device registry (default: in memory)
-  --metrics-port PORT  serve Prometheus /metrics and /healthz on 127.0.0.1:PORT (--metrics-host to change)
+  --admin-port PORT    serve the admin API and status page on 127.0.0.1:PORT (--admin-host to change)
+  --admin-token-file FILE  file holding the admin API's bearer token (required with --admin-port)
+  --metrics-port PORT  serve Prometheus /metrics, /healthz and /readyz on 127.0.0.1:PORT (--metrics-host to change)
   --log-level LEVEL    fatal|error|warn|info|debug|trace|silent (default info)
   -h, --help
 
@@ -57,6 +61,9 @@ runCli(async () => {
       state: { type: 'string' },
       'metrics-port': { type: 'string' },
       'metrics-host': { type: 'string' },
+      'admin-port': { type: 'string' },
+      'admin-host': { type: 'string' },
+      'admin-token-file': { type: 'string' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -88,6 +95,9 @@ runCli(async () => {
           devPki: values['dev-pki'],
           statePath: values.state,
           ...(values['metrics-port'] !== undefined ? { metrics: { host: values['metrics-host'], port: numberFlag(values['metrics-port']) } } : {}),
+          ...(values['admin-port'] !== undefined || values['admin-token-file'] !== undefined
+            ? { admin: { host: values['admin-host'], port: numberFlag(values['admin-port']), tokenFile: values['admin-token-file'] } }
+            : {}),
           logLevel: values['log-level'],
         },
       ],
@@ -95,16 +105,33 @@ runCli(async () => {
     );
   };
   const config = loadConfig();
+  const adminToken = config.admin === undefined ? null : readAdminToken(config.admin.tokenFile);
   const log = createLogger('cloud-hub', config.logLevel);
   const hub = await startHub(config, log);
   const metrics = config.metrics
-    ? await startMetricsServer({ ...config.metrics, registry: hubMetrics(hub), health: () => ({ healthy: true, ...hub.stats() }) })
+    ? await startMetricsServer({ ...config.metrics, registry: hubMetrics(hub), ready: () => hubReadiness(hub), details: () => ({ ...hub.stats() }) })
     : null;
   let running = await runningHub(config);
+  // The admin API and SIGHUP share one queue, so two reloads never interleave.
+  let reloading: Promise<unknown> = Promise.resolve();
+  const reload = (): Promise<SettingsDiff> => {
+    const next = reloading.then(async () => {
+      const nextConfig = loadConfig();
+      // Read before anything is swapped: a bad token file refuses the whole reload.
+      const token = running.config.admin === undefined ? null : readAdminToken(running.config.admin.tokenFile);
+      running = await reloadHub(hub, running, nextConfig, log);
+      if (token !== null) admin?.setToken(token);
+      return running.applied;
+    });
+    reloading = next.catch(() => {});
+    return next;
+  };
+  const admin = config.admin && adminToken !== null ? await startAdminApi({ ...config.admin, token: adminToken, hub, log, reload }) : null;
   reloads.use(async () => {
-    running = await reloadHub(hub, running, loadConfig(), log);
+    await reload();
   }, log);
   onShutdown(async () => {
+    await admin?.close();
     await metrics?.close();
     await hub.close();
   });

@@ -132,8 +132,17 @@ export const hubConfigSchema = z.strictObject({
     .default([]),
   /** First match wins; devices no route matches use the embedded broker. */
   routes: z.array(routeSchema).default([]),
-  /** Prometheus /metrics and /healthz; off unless a port is given. */
+  /** Prometheus /metrics, /healthz and /readyz; off unless a port is given. */
   metrics: z.strictObject({ host: z.string().default('127.0.0.1'), port: port }).optional(),
+  /** Admin API and status page (docs/admin-api.md); off unless configured, on loopback unless a host is given. */
+  admin: z
+    .strictObject({
+      host: z.string().default('127.0.0.1'),
+      port: port,
+      /** A file holding the bearer token, so the token is never in the configuration itself. */
+      tokenFile: z.string().min(1, 'path to a file holding the bearer token'),
+    })
+    .optional(),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 }).refine((config) => config.tls !== undefined || config.devPki !== undefined, {
   message: 'set tls (ca, cert, key file paths) or devPki (a directory for a development PKI)',

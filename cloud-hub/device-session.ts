@@ -7,6 +7,7 @@ import type { Tunnel } from '../shared/tunnel.js';
 import { effectiveKeepalive, parseConnack, refusalConnack } from '../shared/connack.js';
 import type { BrokerLink, BrokerLinkOwner } from './broker-link.js';
 import { DeliveryFramer, type OversizedPacket, publishSummary } from './delivery-framer.js';
+import type { HubCounters, RefusalReason } from './hub-counters.js';
 
 /** How long a broker may take to read a closed device's last bytes before the link is cut. */
 const BROKER_END_TIMEOUT_MS = 5000;
@@ -42,7 +43,21 @@ export interface DeviceSessionOptions {
   admit(session: DeviceSession, connect: Buffer): void;
   /** The broker accepted the device's CONNECT: from here on it is a device the hub has carried. */
   onAdmitted(session: DeviceSession): void;
+  /** Hub-wide totals this session adds its traffic, drops and cut-offs to. */
+  counters: HubCounters;
+  /** The session refused its device; the hub counts and logs it. */
+  onRefused(session: DeviceSession, reason: RefusalReason, detail: string): void;
   onClosed(session: DeviceSession): void;
+}
+
+/** MQTT 5 §3.14.2.1 reason codes the hub sends a device it ends. */
+export const DISCONNECT_REASON = { administrativeAction: 0x98, useAnotherServer: 0x9c } as const;
+
+const DISCONNECT_PACKET_TYPE_BYTE = 0xe0;
+
+/** A DISCONNECT in the device's protocol: MQTT 3.1.1 §3.14 has no body, MQTT 5 §3.14.2 a reason code and no properties. */
+function disconnectPacket(protocolVersion: number, reasonCode: number): Buffer {
+  return protocolVersion === 5 ? Buffer.from([DISCONNECT_PACKET_TYPE_BYTE, 2, reasonCode, 0]) : Buffer.from([DISCONNECT_PACKET_TYPE_BYTE, 0]);
 }
 
 /**
@@ -67,7 +82,16 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   admitted = false;
   /** Traffic counters, read by the hub's sweep for the device registry. */
   readonly traffic = { bytesToBroker: 0, packetsToBroker: 0, bytesToDevice: 0, packetsToDevice: 0 };
-  private lastToBrokerAt = Date.now();
+  readonly connectedAt = Date.now();
+  /** When the device last sent a packet that crossed the tunnel (its PINGREQs are answered at the agent). */
+  lastSeenAt = this.connectedAt;
+  /** Name of the route that chose the device's broker; 'embedded' when none matched. */
+  route = 'embedded';
+  /** Why the session ended, for the hub's disconnect log; the first cause wins. */
+  endReason: string | null = null;
+  private lastToBrokerAt = this.connectedAt;
+  /** The device's last packet was a DISCONNECT, so the broker closing next is the device leaving. */
+  private disconnectSeen = false;
   private readonly framer: DeliveryFramer;
   /** QoS 2 deliveries the hub received on the device's behalf: their PUBREL is answered here, never seen by the device. */
   private readonly answeredQos2 = new Set<number>();
@@ -84,7 +108,7 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
 
   /** The device's keepalive (MQTT 3.1.1 §3.1.2.10), or the server's when an MQTT 5 broker set one; 0 disables it. */
   private keepaliveSeconds = 0;
-  private protocolVersion = 4;
+  private version = 4;
 
   constructor(private readonly options: DeviceSessionOptions) {
     this.framer = new DeliveryFramer(options.maxPacketSize);
@@ -107,7 +131,7 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   /** Admits the session on its checked CONNECT, whose values replace those the OPEN stated. */
   connectBroker(connect: IConnectPacket, makeLink: (owner: BrokerLinkOwner) => BrokerLink): void {
     this.keepaliveSeconds = connect.keepalive ?? 0;
-    this.protocolVersion = connect.protocolVersion ?? 4;
+    this.version = connect.protocolVersion ?? 4;
     this.link = makeLink(this);
   }
 
@@ -115,10 +139,13 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
    * Ends a session the broker must not see: sends the CONNACK refusal, if
    * any, and CLOSE, and keeps nothing, so the agent's answering CLOSE finds
    * no stream (docs/protocol.md 5.3, rule 7). A broker connection already
-   * made is dropped, as for a device that broke the protocol.
+   * made is dropped, as for a device that broke the protocol; that device
+   * was admitted, so it ends as a disconnect with `reason`, not as a refusal.
    */
-  refuse(reason: string, connack: Buffer | null): void {
+  refuse(code: RefusalReason, reason: string, connack: Buffer | null): void {
     if (this.state === 'closed') return;
+    if (this.link === null) this.options.onRefused(this, code, reason);
+    else this.endReason ??= reason;
     if (connack !== null) this.stream.write(connack);
     this.stream.carrier?.send({ type: FrameType.CLOSE, streamId: this.stream.id, body: { reason, abrupt: false } });
     const link = this.link;
@@ -134,6 +161,16 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     return this.options.agentId;
   }
 
+  /** The MQTT protocol level of the device's CONNECT; 4 (3.1.1) until it has been admitted. */
+  get protocolVersion(): number {
+    return this.version;
+  }
+
+  /** The device's keepalive in seconds, or the broker's Server Keep Alive. */
+  get keepalive(): number {
+    return this.keepaliveSeconds;
+  }
+
   bind(stream: SessionStream): void {
     this.stream = stream;
   }
@@ -146,17 +183,20 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     }
     const problem = streamPayloadProblem(payload, this.link === null, this.options.maxPacketSize);
     if (problem !== null) {
-      this.options.log.warn({ clientId: this.clientId, agentId: this.agentId, streamId: this.stream.id, reason: problem }, 'device session ended: protocol violation');
-      this.refuse(`protocol violation: ${problem}`, null);
+      this.refuse('protocol-violation', `protocol violation: ${problem}`, null);
       return;
     }
     if (this.link === null) {
       this.options.admit(this, payload.subarray(0, wholePacketSize(payload, 0, this.options.maxPacketSize)));
       if (this.link === null) return;
     }
-    this.lastToBrokerAt = Date.now();
+    this.lastSeenAt = this.lastToBrokerAt = Date.now();
     this.traffic.bytesToBroker += payload.length;
     this.traffic.packetsToBroker++;
+    this.options.counters.bytesToBroker += payload.length;
+    this.options.counters.messagesToBroker++;
+    // The agent writes one packet per DATA payload, so its first byte is the packet's type.
+    this.disconnectSeen = payload[0] === DISCONNECT_PACKET_TYPE_BYTE;
     if (this.link!.push(payload)) {
       this.stream.consume(payload.length);
     } else {
@@ -211,6 +251,8 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     }
     this.traffic.bytesToDevice += packet.length;
     this.traffic.packetsToDevice++;
+    this.options.counters.bytesToDevice += packet.length;
+    this.options.counters.messagesToDevice++;
     if (this.waiting.length === 0 && this.stream.canWrite) {
       this.stream.write(packet);
       return;
@@ -228,6 +270,8 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
         { clientId: this.clientId, agentId: this.agentId, queuedBytes: this.waitingBytes, reason: 'slow consumer' },
         'device is not reading; ending its session',
       );
+      this.options.counters.slowConsumerCutoffs++;
+      this.endReason ??= 'slow consumer';
       this.waiting = [];
       this.waitingBytes = 0;
       this.link.destroy();
@@ -325,7 +369,7 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
       this.finish();
       return;
     }
-    this.options.log.debug({ clientId: this.clientId, reason, abrupt }, 'device session ended by agent');
+    this.endReason ??= this.disconnectSeen ? 'device sent DISCONNECT' : reason;
     this.stream.carrier?.send({ type: FrameType.CLOSE, streamId: this.stream.id, body: { reason: 'closed', abrupt: false } });
     this.endBrokerSide();
   }
@@ -341,13 +385,14 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
       this.finish();
       return;
     }
-    this.options.log.info({ clientId: this.clientId, agentId: this.agentId, streamId: this.stream.id, reason }, 'device session ended');
+    this.endReason ??= reason;
     this.endBrokerSide();
   }
 
   brokerUnavailable(reason: string): void {
     if (this.state === 'closed') return;
-    this.options.log.warn({ clientId: this.clientId, agentId: this.agentId, reason }, 'device refused: no broker');
+    this.endReason ??= 'no broker';
+    this.options.onRefused(this, 'no-broker', reason);
     this.stream.write(refusalConnack(this.protocolVersion, 'server-unavailable'));
     this.brokerClosed();
   }
@@ -359,10 +404,36 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
    */
   brokerClosed(): void {
     if (this.state === 'closed' || this.closing) return;
+    this.endReason ??= this.disconnectSeen ? 'device sent DISCONNECT' : 'broker closed the session';
     this.closing = true;
     this.waiting = [];
     this.waitingBytes = 0;
     if (this.state === 'attached') this.sendClose();
+  }
+
+  /**
+   * The hub ends the session for an operator. An MQTT 5 device first gets a
+   * DISCONNECT with `reasonCode` (§3.14.2.1: 0x9C asks it to use another
+   * server); a 3.1.1 device has no such packet (§3.14) and is simply closed,
+   * so its library reconnects. `graceful` ends the broker side with a
+   * DISCONNECT on the device's behalf, so no will is published for a device
+   * expected back at once; otherwise the broker sees a lost connection.
+   */
+  endByHub(reasonCode: number, reason: string, graceful: boolean): boolean {
+    // A session still waiting for its CONNECT has no broker side yet; its admission checks a drain.
+    const link = this.link;
+    if (this.state === 'closed' || this.closing || link === null) return false;
+    this.endReason ??= reason;
+    if (this.version === 5) this.stream.write(disconnectPacket(5, reasonCode));
+    if (graceful) {
+      // The broker answers a DISCONNECT by closing, which ends the session as if the device had left.
+      link.push(disconnectPacket(this.version, 0));
+      this.lastToBrokerAt = Date.now();
+      setTimeout(() => link.destroy(), BROKER_END_TIMEOUT_MS).unref();
+    } else {
+      link.destroy();
+    }
+    return true;
   }
 
   private sendClose(): void {

@@ -54,8 +54,15 @@ export class ExternalBrokerGroup {
     private readonly log: Logger,
   ) {
     this.healthy = endpoints.map(() => true);
-    this.timer = healthCheckMs > 0 && endpoints.length > 1 ? setInterval(() => this.checkHealth(), healthCheckMs) : null;
+    // A route's only broker is checked too: the hub's readiness reports a route none of whose brokers answer.
+    this.timer = healthCheckMs > 0 ? setInterval(() => this.checkHealth(), healthCheckMs) : null;
     this.timer?.unref();
+    if (this.timer !== null) this.checkHealth();
+  }
+
+  /** Each broker as the last health check or device connection found it. */
+  health(): { url: string; healthy: boolean }[] {
+    return this.endpoints.map((endpoint, index) => ({ url: endpoint.url, healthy: this.healthy[index] }));
   }
 
   /** Endpoints to try for a new device: healthy ones first, in configured order. */
@@ -113,6 +120,8 @@ export class ExternalBrokerLink implements BrokerLink {
   private endAfterPending = false;
   private readonly candidates: ExternalBrokerEndpoint[];
   private attempt = 0;
+  /** The broker being dialled or connected to. */
+  endpoint: ExternalBrokerEndpoint | null = null;
 
   constructor(
     private readonly group: ExternalBrokerGroup,
@@ -164,6 +173,7 @@ export class ExternalBrokerLink implements BrokerLink {
       this.owner.brokerUnavailable(`no broker of route ${this.group.name} could be reached`);
       return;
     }
+    this.endpoint = endpoint;
     const socket = dial(endpoint);
     this.socket = socket;
     const timeout = setTimeout(() => socket.destroy(new Error('connect timeout')), CONNECT_TIMEOUT_MS);

@@ -7,6 +7,7 @@ import { refusalConnack } from '../shared/connack.js';
 import { EdgemuxError, isEdgemuxError } from '../shared/errors.js';
 import { type ControlFrame, FrameType, type OpenBody, type ResumeBody } from '../shared/frame-codec.js';
 import { applyHello, buildHello, checkHello, refuseHello } from '../shared/hello.js';
+import { RateLimitedLog } from '../shared/log-rate-limit.js';
 import type { Logger } from '../shared/logger.js';
 import { parseConnect } from '../shared/mqtt-connect.js';
 import { MuxStream } from '../shared/mux-stream.js';
@@ -15,8 +16,10 @@ import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 import { AppAccess, anonymousAccess, isLoopbackHost } from './app-access.js';
 import { BrokerPipe } from './broker-pipe.js';
 import { HUB_DEFAULTS } from './config.js';
-import { DeviceSession, type SessionStream } from './device-session.js';
+import { DeviceSession, DISCONNECT_REASON, type SessionStream } from './device-session.js';
 import { type EmbeddedBroker, startEmbeddedBroker } from './embedded-broker.js';
+import { ExternalBrokerLink } from './external-broker.js';
+import { HubCounters, type RefusalReason } from './hub-counters.js';
 import type { PasswordFile } from './password-file.js';
 import { Registry } from './registry.js';
 import { type OfflineQueueLimits, SqlitePersistence } from './sqlite-persistence.js';
@@ -68,8 +71,40 @@ export interface HubOptions {
    * broker keeps its state in memory and there is no registry.
    */
   statePath?: string;
+  /** Device connect, disconnect and refusal lines: at most `burst` at once and `perSecond` after that. */
+  deviceLogLimit?: { perSecond: number; burst: number };
   log: Logger;
 }
+
+/** One tunnel of an agent, as the admin API shows it. */
+export interface TunnelView {
+  /** external: the agent was authenticated outside the hub's TLS listener (acceptAuthenticatedConnection). */
+  transport: 'tls' | 'external';
+  remote: string;
+  since: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+export interface AgentView {
+  agentId: string;
+  worker: number;
+  instance: string;
+  draining: boolean;
+  sessions: number;
+  tunnels: TunnelView[];
+}
+
+/** Whether the hub can do its job: its listeners up and each route with a broker that answers. */
+export interface HubReadiness {
+  ready: boolean;
+  reasons: string[];
+  routes: { route: string; brokers: { url: string; healthy: boolean }[] }[];
+}
+
+const DEFAULT_DEVICE_LOG_LIMIT = { perSecond: 20, burst: 100 };
+/** A refused client ID is logged by its start: one past maxClientIdLength may be as long as a frame. */
+const LOGGED_CLIENT_ID_CHARS = 64;
 
 export interface HubStats {
   agents: number;
@@ -137,6 +172,7 @@ function capWindow(window: number): number {
 export class CloudHub {
   readonly broker: Aedes;
   readonly sessions = new Set<DeviceSession>();
+  readonly counters = new HubCounters();
   private router: Router;
   private namespaces: Namespaces;
   private droppedQos0OfClosedSessions = 0;
@@ -152,6 +188,10 @@ export class CloudHub {
   private readonly reportedTraffic = new WeakMap<DeviceSession, DeviceSession['traffic']>();
   private readonly agents = new Map<string, AgentRecord>();
   private readonly tunnels = new Set<Tunnel>();
+  private readonly tunnelSince = new WeakMap<Tunnel, { since: number; transport: TunnelView['transport']; remote: string }>();
+  /** Agents whose devices are sent elsewhere: new ones are refused until the drain is lifted. */
+  private readonly draining = new Set<string>();
+  private readonly deviceLog: { connected: RateLimitedLog; disconnected: RateLimitedLog; refused: RateLimitedLog; resumeRefused: RateLimitedLog };
   private readonly sweep: NodeJS.Timeout;
   private refusedTunnels = 0;
   private tunnelConnections = 0;
@@ -171,6 +211,14 @@ export class CloudHub {
     this.broker = embedded.broker;
     this.router = new Router(options.routes ?? []);
     this.namespaces = new Namespaces(options.namespaces ?? []);
+    const limit = options.deviceLogLimit ?? DEFAULT_DEVICE_LOG_LIMIT;
+    this.deviceLog = {
+      connected: new RateLimitedLog(options.log, { msg: 'device connected', plural: 'device connects', ...limit }),
+      disconnected: new RateLimitedLog(options.log, { msg: 'device disconnected', plural: 'device disconnects', ...limit }),
+      refused: new RateLimitedLog(options.log, { msg: 'device refused', plural: 'device refusals', ...limit }),
+      // After a hub restart every stream of every agent asks to resume at once.
+      resumeRefused: new RateLimitedLog(options.log, { msg: 'resume refused', plural: 'refused resumes', ...limit }),
+    };
     tunnelServer.on('connection', (socket) => this.admitTunnelConnection(socket));
     tunnelServer.on('secureConnection', (socket) => this.acceptTunnel(socket));
     tunnelServer.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
@@ -179,6 +227,7 @@ export class CloudHub {
         // The peer went away (or was refused on accept, already logged): nothing was decided here.
         options.log.debug({ remote: socket.remoteAddress, reason: err.message }, 'tunnel connection closed before the TLS handshake');
       } else {
+        this.counters.refused('tunnel-tls');
         options.log.warn({ remote: socket.remoteAddress, reason: err.message }, 'tunnel TLS handshake refused');
       }
       // With a tlsClientError listener Node leaves the socket open, timeouts included.
@@ -341,6 +390,83 @@ export class CloudHub {
     socket.once('close', () => this.tunnelConnections--);
   }
 
+  /** Every agent worker the hub holds tunnels or sessions for. */
+  agentViews(): AgentView[] {
+    return [...this.agents.values()].map((record) => ({
+      agentId: record.agentId,
+      worker: record.worker,
+      instance: record.instance,
+      draining: this.draining.has(record.agentId),
+      sessions: record.streams.size,
+      tunnels: [...record.tunnels].map((tunnel) => {
+        const seen = this.tunnelSince.get(tunnel);
+        return { transport: seen?.transport ?? 'tls', remote: seen?.remote ?? '', since: seen?.since ?? 0, bytesIn: tunnel.traffic.bytesIn, bytesOut: tunnel.traffic.bytesOut };
+      }),
+    }));
+  }
+
+  /** The session of each connected client ID, in no particular order. */
+  devices(): IterableIterator<DeviceSession> {
+    return this.sessionsByClientId.values();
+  }
+
+  device(clientId: string): DeviceSession | undefined {
+    return this.sessionsByClientId.get(clientId);
+  }
+
+  /** The broker a session's device is connected to: 'embedded' or the external broker's URL. */
+  backendOf(session: DeviceSession): string {
+    return session.link instanceof ExternalBrokerLink ? (session.link.endpoint?.url ?? 'none') : 'embedded';
+  }
+
+  /**
+   * Ends one device's session for an operator; its broker sees a lost
+   * connection (and publishes its will). False when no such device is connected.
+   */
+  disconnectDevice(clientId: string): boolean {
+    const session = this.sessionsByClientId.get(clientId);
+    return session?.endByHub(DISCONNECT_REASON.administrativeAction, 'disconnected by an operator', false) ?? false;
+  }
+
+  /**
+   * Sends an agent's devices elsewhere (MQTT 5 devices are told to use
+   * another server) and refuses its new ones until `undrainAgent`. Their
+   * brokers see a DISCONNECT, so no will announces devices that are only
+   * moving. Returns how many sessions were ended.
+   */
+  drainAgent(agentId: string): number {
+    this.draining.add(agentId);
+    let ended = 0;
+    for (const session of [...this.sessions]) {
+      if (session.agentId === agentId && session.endByHub(DISCONNECT_REASON.useAnotherServer, 'agent drained', true)) ended++;
+    }
+    this.options.log.info({ agentId, sessions: ended }, 'agent drained');
+    return ended;
+  }
+
+  /** Lets an agent's devices connect again; false when it was not draining. */
+  undrainAgent(agentId: string): boolean {
+    const was = this.draining.delete(agentId);
+    if (was) this.options.log.info({ agentId }, 'agent drain lifted');
+    return was;
+  }
+
+  readiness(): HubReadiness {
+    const reasons: string[] = [];
+    if (!this.tunnelServer.listening) reasons.push('tunnel listener is not listening');
+    if (!this.embedded.appServer.listening) reasons.push('application listener is not listening');
+    const routes: HubReadiness['routes'] = [];
+    for (const route of this.router.routes) {
+      if (route.backend.kind !== 'external') continue;
+      const brokers = route.backend.group.health();
+      routes.push({ route: route.name, brokers });
+      if (!brokers.some((broker) => broker.healthy)) {
+        reasons.push(`route ${route.name}: no broker reachable (${brokers.map((broker) => broker.url).join(', ')})`);
+      }
+    }
+    return { ready: reasons.length === 0, reasons, routes };
+  }
+
   /**
    * Routes for devices that connect from now on. A session keeps the broker
    * connection it has: a route's group is only consulted when a session opens,
@@ -412,13 +538,14 @@ export class CloudHub {
     const agentId = socket.getPeerCertificate().subject?.CN;
     const log = this.options.log.child({ agentId, remote: socket.remoteAddress });
     if (typeof agentId !== 'string' || agentId.length === 0) {
+      this.counters.refused('tunnel-identity');
       log.warn({ reason: 'certificate has no common name' }, 'tunnel refused');
       socket.destroy();
       return;
     }
     socket.setNoDelay(true);
     const fingerprint = (socket.getPeerCertificate().fingerprint256 ?? '').replaceAll(':', '').toLowerCase();
-    this.runTunnel(socket, agentId, fingerprint, log);
+    this.runTunnel(socket, agentId, fingerprint, log, { transport: 'tls', remote: `${socket.remoteAddress}:${socket.remotePort}` });
   }
 
   /**
@@ -431,10 +558,12 @@ export class CloudHub {
   acceptAuthenticatedConnection(socket: Duplex, agentId: string, fingerprint = ''): void {
     this.tunnelConnections++;
     socket.once('close', () => this.tunnelConnections--);
-    this.runTunnel(socket, agentId, fingerprint, this.options.log.child({ agentId }));
+    const peer = socket as Partial<Pick<Socket, 'remoteAddress' | 'remotePort'>>;
+    const remote = peer.remoteAddress !== undefined ? `${peer.remoteAddress}:${peer.remotePort}` : '';
+    this.runTunnel(socket, agentId, fingerprint, this.options.log.child({ agentId }), { transport: 'external', remote });
   }
 
-  private runTunnel(socket: Duplex, agentId: string, fingerprint: string, log: Logger): void {
+  private runTunnel(socket: Duplex, agentId: string, fingerprint: string, log: Logger, peer: { transport: TunnelView['transport']; remote: string }): void {
     const tunnel = new Tunnel(socket, {
       maxFramePayload: this.options.maxPacketSize,
       heartbeatMs: this.options.heartbeatMs,
@@ -447,6 +576,7 @@ export class CloudHub {
       if (record === null) tunnel.close('no HELLO in time');
     }, TUNNEL_DEFAULTS.helloTimeoutMs);
     this.tunnels.add(tunnel);
+    this.tunnelSince.set(tunnel, { since: Date.now(), ...peer });
     tunnel.on('control', (frame) => {
       if (frame.type === FrameType.HELLO) {
         if (record !== null) {
@@ -456,6 +586,7 @@ export class CloudHub {
         clearTimeout(helloTimer);
         const check = checkHello(frame.body, 'agent');
         if (!check.accepted) {
+          this.counters.refused('tunnel-protocol');
           log.warn({ helloId: frame.body.id, version: frame.body.version, role: frame.body.role, reason: check.reason }, 'tunnel refused');
           refuseHello(tunnel, check);
           return;
@@ -463,6 +594,7 @@ export class CloudHub {
         const admitted = this.registerAgent(agentId, frame.body.worker ?? 0, frame.body.instance, log);
         if (typeof admitted === 'string') {
           this.refusedTunnels++;
+          this.counters.refused('tunnel-identity-in-use');
           log.warn({ worker: frame.body.worker ?? 0, instance: frame.body.instance, helloId: frame.body.id, reason: admitted }, 'tunnel refused');
           // The reason goes to the agent in place of HELLO, so its operator sees it there too.
           void tunnel.goodbye('identity-in-use', admitted);
@@ -599,7 +731,17 @@ export class CloudHub {
         this.registry?.deviceConnected(admitted.clientId, record.agentId);
         if (this.registry === null) this.deviceClientIds.add(admitted.clientId);
       },
+      counters: this.counters,
+      onRefused: (refused, reason, detail) => {
+        this.counters.refused(reason);
+        const clientId = refused.clientId.slice(0, LOGGED_CLIENT_ID_CHARS);
+        this.deviceLog.refused.info({ clientId, agentId: refused.agentId, streamId: refused.stream.id, reason, detail });
+      },
       onClosed: (closed) => {
+        // Only an admitted device was logged as connected; a refused one was logged as refused.
+        if (closed.link !== null) {
+          this.deviceLog.disconnected.info({ clientId: closed.clientId, agentId: closed.agentId, streamId: closed.stream.id, reason: closed.endReason ?? 'closed' });
+        }
         this.sessions.delete(closed);
         this.reportSessionTraffic(closed);
         // After a takeover the newer session owns the client ID.
@@ -625,53 +767,59 @@ export class CloudHub {
   /**
    * Checks the CONNECT the broker would read: its client ID and user name
    * must be the ones the OPEN named (routing and the registry use those), the
-   * client ID must lie in the agent's namespace, and the backend must speak
-   * the device's protocol version.
+   * client ID must be no longer than maxClientIdLength and lie in the agent's
+   * namespace, the agent must not be drained, the backend must speak the
+   * device's protocol version, and the agent must hold fewer than
+   * maxDevicesPerAgent devices.
    */
   private admitSession(session: DeviceSession, record: AgentRecord, open: OpenBody, bytes: Buffer, log: Logger): void {
-    const refuse = (reason: string, clientId: string, connack: Buffer | null): void => {
-      log.info({ clientId, streamId: session.stream.id, reason }, 'device refused');
-      session.refuse(reason, connack);
-    };
     let connect: IConnectPacket;
     try {
       connect = parseConnect(bytes);
     } catch (err) {
-      refuse(isEdgemuxError(err) ? `${err.code}: ${err.message}` : String(err), open.clientId, null);
+      session.refuse('protocol-violation', isEdgemuxError(err) ? `${err.code}: ${err.message}` : String(err), null);
       return;
     }
     const { clientId, username } = connect;
     const version = connect.protocolVersion ?? 4;
     const notAuthorized = refusalConnack(version, 'not-authorized');
     if (clientId !== open.clientId || username !== open.username) {
-      refuse(`CONNECT names client ID ${JSON.stringify(clientId)} but OPEN named ${JSON.stringify(open.clientId)}, or their user names differ`, clientId, notAuthorized);
+      const detail = `CONNECT names client ID ${JSON.stringify(clientId)} but OPEN named ${JSON.stringify(open.clientId)}, or their user names differ`;
+      session.refuse('connect-mismatch', detail, notAuthorized);
       return;
     }
     if (clientId.length === 0) {
-      refuse('empty client ID in CONNECT (the agent assigns one)', clientId, refusalConnack(version, 'identifier-rejected'));
+      session.refuse('connect-mismatch', 'empty client ID in CONNECT (the agent assigns one)', refusalConnack(version, 'identifier-rejected'));
       return;
     }
     const maxClientIdLength = this.options.maxClientIdLength ?? HUB_DEFAULTS.maxClientIdLength;
     if (clientId.length > maxClientIdLength) {
-      refuse(`client ID of ${clientId.length} characters is longer than maxClientIdLength (${maxClientIdLength})`, clientId.slice(0, 64), refusalConnack(version, 'identifier-rejected'));
+      const detail = `client ID of ${clientId.length} characters is longer than maxClientIdLength (${maxClientIdLength})`;
+      session.refuse('client-id-too-long', detail, refusalConnack(version, 'identifier-rejected'));
       return;
     }
     if (!this.namespaces.allows(record.agentId, clientId)) {
       const rule = this.namespaces.byDefault ? ` (no namespaces configured: agent ${record.agentId} may use "${record.agentId}:*")` : '';
-      refuse(`client ID outside the namespace of agent ${record.agentId}${rule}`, clientId, notAuthorized);
+      session.refuse('namespace', `client ID outside the namespace of agent ${record.agentId}${rule}`, notAuthorized);
       return;
     }
-    const backend = this.router.backendFor({ clientId, username, agentId: record.agentId });
+    if (this.draining.has(record.agentId)) {
+      session.refuse('agent-draining', `agent ${record.agentId} is drained`, refusalConnack(version, 'use-another-server'));
+      return;
+    }
+    const route = this.router.pick({ clientId, username, agentId: record.agentId });
+    const backend = route?.backend ?? { kind: 'embedded' };
     if (backend.kind === 'embedded' && version === 5) {
-      refuse('MQTT 5 on the embedded 3.1.1 broker', clientId, refusalConnack(version, 'unsupported-protocol'));
+      session.refuse('mqtt5-on-embedded', 'MQTT 5 on the embedded 3.1.1 broker', refusalConnack(version, 'unsupported-protocol'));
       return;
     }
     if (!this.holdDevice(record.agentId, clientId, log)) {
-      refuse(`agent ${record.agentId} holds maxDevicesPerAgent devices`, clientId, refusalConnack(version, 'quota-exceeded'));
+      session.refuse('agent-device-limit', `agent ${record.agentId} holds maxDevicesPerAgent devices`, refusalConnack(version, 'quota-exceeded'));
       return;
     }
     const previous = this.sessionsByClientId.get(clientId);
     if (previous !== undefined && previous.agentId !== record.agentId) this.releaseDevice(previous.agentId, clientId);
+    if (route !== null) session.route = route.name;
     this.sessionsByClientId.set(clientId, session);
     if (backend.kind === 'embedded') {
       session.connectBroker(connect, (owner) => {
@@ -682,6 +830,7 @@ export class CloudHub {
     } else {
       session.connectBroker(connect, (owner) => backend.group.connect(owner));
     }
+    this.deviceLog.connected.info({ clientId, agentId: record.agentId, streamId: session.stream.id, route: session.route, backend: this.backendOf(session) });
   }
 
   /** Counts `clientId` against the agent's device limit; false when the agent is at it (a takeover within the agent is no new device). */
@@ -715,7 +864,8 @@ export class CloudHub {
   private resumeSession(tunnel: Tunnel, record: AgentRecord, streamId: number, resume: ResumeBody, log: Logger): void {
     const stream = record.streams.get(streamId);
     if (stream === undefined || stream.sink.clientId !== resume.clientId || stream.sink.state === 'closed') {
-      log.info({ streamId, clientId: resume.clientId, reason: 'no such session on this hub' }, 'resume refused');
+      this.counters.refused('unknown-session');
+      this.deviceLog.resumeRefused.info({ agentId: record.agentId, streamId, clientId: resume.clientId, reason: 'no such session on this hub' });
       tunnel.send({ type: FrameType.CLOSE, streamId, body: { reason: 'unknown stream', abrupt: false } });
       return;
     }
@@ -732,6 +882,7 @@ export class CloudHub {
     tunnel.streams.set(streamId, stream);
     tunnel.send({ type: FrameType.ACCEPT, streamId, body: { window: this.options.streamWindow, received: stream.receivedOffset } });
     stream.sink.reattach(tunnel, resume.received, capWindow(resume.window));
+    this.counters.resumes++;
     log.debug({ streamId, clientId: resume.clientId }, 'stream resumed');
   }
 
@@ -763,8 +914,7 @@ export class CloudHub {
         session.expire();
       } else if (session.awaitingConnect && session.state === 'attached' && now - session.openedAt > CONNECT_TIMEOUT_MS) {
         // The agent sends the CONNECT right behind the OPEN; a stream without one only holds memory.
-        this.options.log.info({ agentId: session.agentId, clientId: session.clientId, streamId: session.stream.id, reason: 'no CONNECT in time' }, 'device refused');
-        session.refuse('no CONNECT in time', null);
+        session.refuse('connect-timeout', 'no CONNECT in time', null);
       } else {
         session.keepBrokerAlive(now);
       }

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { isDeepStrictEqual } from 'node:util';
 import { readPem } from '../shared/cli-support.js';
 import type { Logger } from '../shared/logger.js';
-import { checkTlsMaterial, diffSettings, logReload } from '../shared/reload.js';
+import { checkTlsMaterial, diffSettings, logReload, type SettingsDiff } from '../shared/reload.js';
 import type { HubConfig, RouteConfig } from './config.js';
 import type { CloudHub, HubOptions } from './hub.js';
 import { hubTlsMaterial, resolveRoute } from './main.js';
@@ -20,10 +20,12 @@ export interface RunningHub {
   tls: HubOptions['tls'];
   /** Digest of the routes and of the broker PEM files they name: a rotated broker certificate counts as a change. */
   routesDigest: string;
+  /** What the reload that produced this configuration changed, and what waits for a restart. */
+  applied: SettingsDiff;
 }
 
 export async function runningHub(config: HubConfig): Promise<RunningHub> {
-  return { config, tls: await hubTlsMaterial(config), routesDigest: routesDigest(config.routes) };
+  return { config, tls: await hubTlsMaterial(config), routesDigest: routesDigest(config.routes), applied: { changed: [], needsRestart: [] } };
 }
 
 /**
@@ -47,10 +49,11 @@ export async function reloadHub(hub: CloudHub, running: RunningHub, next: HubCon
   const changed = new Set(diff.changed);
   if (tlsChanged) changed.add('tls');
   if (routes !== null) changed.add('routes');
-  logReload(log, { changed: [...changed], needsRestart: diff.needsRestart });
+  const applied = { changed: [...changed], needsRestart: diff.needsRestart };
+  logReload(log, applied);
   const config: HubConfig = { ...running.config };
   for (const key of HUB_RELOADABLE) Object.assign(config, { [key]: next[key] });
-  return { config, tls, routesDigest: digest };
+  return { config, tls, routesDigest: digest, applied };
 }
 
 function routesDigest(routes: RouteConfig[]): string {

@@ -1,9 +1,16 @@
 import { Counter, Gauge, Registry } from 'prom-client';
+import { perScrape, type Readiness } from '../shared/metrics-server.js';
 import type { EdgeAgent } from './agent.js';
 
-/** Gauges and counters read from the agent at scrape time: nothing is counted on the data path for them. */
+/**
+ * Gauges and counters read from the agent at scrape time: the data path only
+ * adds to plain numbers, and what needs a walk over the devices is taken once
+ * per scrape, however many gauges read it.
+ */
 export function agentMetrics(agent: EdgeAgent): Registry {
   const registry = new Registry();
+  const stats = perScrape(() => agent.stats());
+  const tunnelTraffic = perScrape(() => agent.pool.trafficTotals());
   const gauge = (name: string, help: string, read: () => number): void => {
     new Gauge({ name, help, registers: [registry], collect() { this.set(read()); } });
   };
@@ -20,17 +27,21 @@ export function agentMetrics(agent: EdgeAgent): Registry {
       },
     });
   };
-  gauge('edgemux_agent_devices', 'Device connections held by the agent', () => agent.stats().devices);
-  gauge('edgemux_agent_devices_attached', 'Devices whose CONNECT was forwarded', () => agent.stats().attached);
-  gauge('edgemux_agent_streams_detached', 'Streams waiting to resume on a tunnel', () => agent.stats().detached);
-  gauge('edgemux_agent_tunnels_up', 'Tunnels to the hub that are up', () => agent.stats().tunnelsUp);
-  counter('edgemux_agent_wan_connections_total', 'TLS connections opened to hubs', () => agent.stats().wanConnections);
-  counter('edgemux_agent_device_disconnects_total', 'Devices closed or lost after CONNECT', () => agent.stats().deviceDisconnects);
-  counter('edgemux_agent_connects_rate_limited_total', 'CONNECTs refused because their source address connected too often', () => agent.stats().connectsRateLimited);
-  counter('edgemux_agent_tunnel_bytes_in_total', 'Bytes received over tunnels', () => agent.pool.trafficTotals().bytesIn);
-  counter('edgemux_agent_tunnel_bytes_out_total', 'Bytes sent over tunnels', () => agent.pool.trafficTotals().bytesOut);
-  counter('edgemux_agent_tunnel_data_frames_out_total', 'DATA frames sent over tunnels', () => agent.pool.trafficTotals().dataFramesOut);
-  gauge('edgemux_agent_tunnels_refused', 'Tunnel slots whose last dial the hub refused (see /healthz for why)', () => agent.pool.refusals().length);
+  gauge('edgemux_agent_devices', 'Device connections held by the agent', () => stats().devices);
+  gauge('edgemux_agent_devices_attached', 'Devices whose CONNECT was forwarded', () => stats().attached);
+  gauge('edgemux_agent_streams_detached', 'Streams waiting to resume on a tunnel', () => stats().detached);
+  gauge('edgemux_agent_tunnels_up', 'Tunnels to the hub that are up', () => stats().tunnelsUp);
+  counter('edgemux_agent_wan_connections_total', 'TLS connections opened to hubs', () => stats().wanConnections);
+  counter('edgemux_agent_device_disconnects_total', 'Devices closed or lost after CONNECT', () => stats().deviceDisconnects);
+  counter('edgemux_agent_connects_rate_limited_total', 'CONNECTs refused because their source address connected too often', () => stats().connectsRateLimited);
+  counter('edgemux_agent_tunnel_bytes_in_total', 'Bytes received over tunnels', () => tunnelTraffic().bytesIn);
+  counter('edgemux_agent_tunnel_bytes_out_total', 'Bytes sent over tunnels', () => tunnelTraffic().bytesOut);
+  counter('edgemux_agent_tunnel_data_frames_out_total', 'DATA frames sent over tunnels', () => tunnelTraffic().dataFramesOut);
+  counter('edgemux_agent_messages_to_hub_total', 'MQTT packets from devices sent towards the hub (PINGREQs are answered locally)', () => agent.traffic.messagesToHub);
+  counter('edgemux_agent_bytes_to_hub_total', 'Bytes of MQTT packets from devices sent towards the hub', () => agent.traffic.bytesToHub);
+  counter('edgemux_agent_messages_to_device_total', 'MQTT packets from the hub written to devices', () => agent.traffic.messagesToDevice);
+  counter('edgemux_agent_bytes_to_device_total', 'Bytes of MQTT packets from the hub written to devices', () => agent.traffic.bytesToDevice);
+  gauge('edgemux_agent_tunnels_refused', 'Tunnel slots whose last dial the hub refused (see /readyz for why)', () => agent.pool.refusals().length);
   const refusalsSeen = new Map<string, number>();
   new Counter({
     name: 'edgemux_agent_tunnel_refusals_total',
@@ -48,15 +59,20 @@ export function agentMetrics(agent: EdgeAgent): Registry {
 }
 
 /**
- * Healthy while a tunnel is up. While none is, the hubs' refusals (if that
- * is why) say what the operator must fix, e.g. a second process using this
- * agent's certificate.
+ * /readyz of the agent: ready while at least one tunnel to a hub is up.
+ * While none is, the reasons say what the operator must fix: a hub's
+ * refusal (e.g. a second process using this agent's certificate) before the
+ * last dial's failure, which only says that the tunnel went.
  */
-export function agentHealth(agent: EdgeAgent): { healthy: boolean; [key: string]: unknown } {
+export function agentReadiness(agent: EdgeAgent): Readiness {
+  const tunnelsUp = agent.pool.readyCount;
   const refusals = agent.pool.refusals();
-  return {
-    healthy: agent.pool.readyCount > 0,
-    ...agent.stats(),
-    ...(refusals.length > 0 ? { refusals } : {}),
-  };
+  const reasons: string[] = [];
+  if (tunnelsUp === 0) {
+    const hubs = agent.pool.hubs.map((hub) => `${hub.host}:${hub.port}`).join(', ');
+    reasons.push(`no tunnel to a hub is up (hubs: ${hubs})`);
+    for (const refusal of refusals) reasons.push(`hub ${refusal.hub} refused tunnel ${refusal.tunnel} (${refusal.code}): ${refusal.reason}`);
+    if (agent.pool.lastFailure !== null) reasons.push(agent.pool.lastFailure);
+  }
+  return { ready: tunnelsUp > 0, reasons, tunnelsUp, ...(refusals.length > 0 ? { refusals } : {}) };
 }

@@ -1,13 +1,14 @@
 import type { AddressInfo } from 'node:net';
 import { assignedIdPrefix } from '../shared/assigned-client-id.js';
 import { type CloseBody, type ControlFrame, FrameType } from '../shared/frame-codec.js';
+import { RateLimitedLog } from '../shared/log-rate-limit.js';
 import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import { SocketBatcher } from '../shared/socket-batcher.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import type { ConnectLimits, DeviceConnect } from './connect-packet.js';
 import { ConnectRate } from './connect-rate.js';
-import { DeviceConnection, type DeviceHost } from './device-connection.js';
+import { DeviceConnection, type DeviceHost, type DeviceTraffic } from './device-connection.js';
 import { DeviceListener, type DeviceListenerOptions, type ListenerType } from './device-listeners.js';
 import { type HubAddress, TunnelPool } from './tunnel-pool.js';
 
@@ -83,6 +84,8 @@ const SWEEP_INTERVAL_MS = 1000;
 export const DEFAULT_CONNECTS_PER_SECOND_PER_ADDRESS = 200;
 /** The hub's default too (and aedes'): every ID the hub admits is kept in its registry. */
 export const DEFAULT_MAX_CLIENT_ID_LENGTH = 256;
+/** Lines about single devices: a storm writes `burst` of them, then one summary a second. */
+const DEVICE_LOG_LIMIT = { perSecond: 20, burst: 100 };
 /** Connections the kernel queues on the device port (capped by net.core.somaxconn). */
 export const DEFAULT_DEVICE_BACKLOG = 4096;
 /** The agent's replay memory per stream stays bounded whatever window the hub grants. */
@@ -103,6 +106,8 @@ export class EdgeAgent implements DeviceHost {
   readonly connectLimits: ConnectLimits;
   readonly connectRate: ConnectRate | null;
   deviceDisconnects = 0;
+  readonly traffic: DeviceTraffic = { messagesToHub: 0, bytesToHub: 0, messagesToDevice: 0, bytesToDevice: 0 };
+  readonly deviceLog: DeviceHost['deviceLog'];
   private readonly streamStates = new Map<DeviceStream, StreamState>();
   private nextStreamId = 1;
   private readonly sweep: NodeJS.Timeout;
@@ -113,6 +118,11 @@ export class EdgeAgent implements DeviceHost {
 
   private constructor(private readonly options: AgentOptions) {
     this.log = options.log;
+    const deviceLog = options.log.child({ agentId: options.agentId });
+    this.deviceLog = {
+      refused: new RateLimitedLog(deviceLog, { msg: 'device refused', plural: 'device refusals', ...DEVICE_LOG_LIMIT }),
+      closed: new RateLimitedLog(deviceLog, { msg: 'closing device', plural: 'device closes', ...DEVICE_LOG_LIMIT }),
+    };
     this.maxPacketSize = options.maxPacketSize;
     this.assignedIdPrefix = assignedIdPrefix(options.agentId);
     this.connectLimits = { maxClientIdLength: options.maxClientIdLength ?? DEFAULT_MAX_CLIENT_ID_LENGTH };

@@ -7,7 +7,7 @@ import { createLogger } from '../shared/logger.js';
 import { ReloadOnSignal } from '../shared/reload.js';
 import { ensureDevPki } from '../shared/pki.js';
 import { startMetricsServer } from '../shared/metrics-server.js';
-import { agentHealth, agentMetrics } from './agent-metrics.js';
+import { agentMetrics, agentReadiness } from './agent-metrics.js';
 import { startAgent } from './main.js';
 import { reloadAgent, runningAgent } from './reload.js';
 import { onReloadFromPrimary, superviseWorkers, workerIndex } from './workers.js';
@@ -26,7 +26,7 @@ Usage: edge-agent [options]
   --ca FILE --cert FILE --key FILE   TLS material (CA of the hub, agent certificate and key)
   --server-name NAME   name the hub certificate must carry (default: the hub host)
   --dev-pki DIR        create or reuse a development PKI in DIR instead of --ca/--cert/--key
-  --metrics-port PORT  serve Prometheus /metrics and /healthz on 127.0.0.1:PORT (--metrics-host to change);
+  --metrics-port PORT  serve Prometheus /metrics, /healthz and /readyz on 127.0.0.1:PORT (--metrics-host to change);
                        with --workers, each scrape is answered by one worker (label worker)
   --log-level LEVEL    fatal|error|warn|info|debug|trace|silent (default info)
   -h, --help
@@ -108,7 +108,8 @@ runCli(async () => {
     ? await startMetricsServer({
         ...config.metrics,
         registry,
-        health: () => agentHealth(agent),
+        ready: () => agentReadiness(agent),
+        details: () => ({ ...agent.stats() }),
       })
     : null;
   let running = await runningAgent(config);

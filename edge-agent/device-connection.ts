@@ -1,5 +1,6 @@
 import { effectiveKeepalive, parseConnack, refusalConnack, withAssignedClientId } from '../shared/connack.js';
 import { isEdgemuxError } from '../shared/errors.js';
+import type { RateLimitedLog } from '../shared/log-rate-limit.js';
 import type { Logger } from '../shared/logger.js';
 import { MqttFramer, PacketType, packetTypeOf, PINGRESP_BYTES } from '../shared/mqtt-framing.js';
 import { topicProblem } from '../shared/mqtt-utf8.js';
@@ -22,12 +23,24 @@ export interface DeviceHost {
   readonly connectLimits: ConnectLimits;
   /** CONNECTs per second from one source address; null: unlimited. */
   readonly connectRate: ConnectRate | null;
+  /** Per-device info lines, rate limited so a storm of devices cannot flood the log. */
+  readonly deviceLog: { refused: RateLimitedLog; closed: RateLimitedLog };
+  /** Agent-wide totals each device adds its packets to; read at scrape time. */
+  readonly traffic: DeviceTraffic;
   /** Opens a stream for the device and sends its CONNECT; null when no tunnel is up. */
   openStream(device: DeviceConnection, connect: DeviceConnect): MuxStream<DeviceConnection, Tunnel> | null;
   /** Tells the hub the stream ended; `abrupt` makes the broker publish the will. */
   closeStream(stream: MuxStream<DeviceConnection, Tunnel>, reason: string, abrupt: boolean): void;
   /** `afterConnect`: the device had been admitted, so losing it counts as a disconnect. */
   deviceClosed(device: DeviceConnection, afterConnect: boolean): void;
+}
+
+/** MQTT packets and bytes each way, as seen at the device sockets. */
+export interface DeviceTraffic {
+  messagesToHub: number;
+  bytesToHub: number;
+  messagesToDevice: number;
+  bytesToDevice: number;
 }
 
 /** MQTT 3.1.1 §3.1.2.10: the server disconnects after one and a half keepalive periods of silence. */
@@ -135,6 +148,9 @@ export class DeviceConnection implements StreamSink {
     }
     // Credit counts the bytes the hub sent, whatever the agent made of them.
     const received = payload.length;
+    // The hub sends one packet per DATA payload.
+    this.host.traffic.messagesToDevice++;
+    this.host.traffic.bytesToDevice += received;
     if (this.awaitingConnack) payload = this.onConnack(payload);
     // While earlier bytes wait for 'drain', later ones wait behind them: credit
     // is returned in stream order, on payload boundaries.
@@ -249,6 +265,8 @@ export class DeviceConnection implements StreamSink {
         return;
       }
       if (type === PacketType.DISCONNECT) this.disconnectSeen = true;
+      this.host.traffic.messagesToHub++;
+      this.host.traffic.bytesToHub += packet.length;
       // Packets after a refused write wait here, so the stream overshoots its
       // window by one frame at most. The socket keeps being read (and PINGREQs
       // answered, or the device would give up on its keepalive) until the held
@@ -306,6 +324,8 @@ export class DeviceConnection implements StreamSink {
       this.refuse('no tunnel to the hub is up', refusalConnack(connect.protocolVersion, 'server-unavailable'));
       return;
     }
+    this.host.traffic.messagesToHub++;
+    this.host.traffic.bytesToHub += connect.bytes.length;
     this.awaitingConnack = true;
     this.stream = stream;
     this.state = 'attached';
@@ -314,7 +334,7 @@ export class DeviceConnection implements StreamSink {
 
   /** Answers the CONNECT with a refusing CONNACK and waits for the device to close (the drain timeout cuts it off). */
   private refuse(reason: string, connack: Buffer): void {
-    this.host.log.info({ clientId: this.clientId?.slice(0, 64), remote: this.socket.remoteAddress, reason }, 'device refused');
+    this.host.deviceLog.refused.info({ clientId: this.clientId?.slice(0, 64), remote: this.socket.remoteAddress, reason });
     this.state = 'draining';
     this.timerStart = Date.now();
     this.socket.end(connack);
@@ -342,7 +362,7 @@ export class DeviceConnection implements StreamSink {
 
   private fail(reason: string): void {
     if (this.state === 'closed') return;
-    this.host.log.info({ clientId: this.clientId, remote: this.socket.remoteAddress, reason }, 'closing device');
+    this.host.deviceLog.closed.info({ clientId: this.clientId, remote: this.socket.remoteAddress, reason });
     this.socket.destroy();
     this.onSocketClosed(reason);
   }

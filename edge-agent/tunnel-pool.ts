@@ -98,6 +98,8 @@ interface Slot {
 export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
   private readonly slots: Slot[];
   private stopped = false;
+  /** The last reason a tunnel went down or a hub could not be reached, for the readiness check. */
+  lastFailure: string | null = null;
   /** TLS connections opened so far; each is one WAN connection. */
   connectionsOpened = 0;
   private readonly closedTraffic: TunnelTraffic = emptyTraffic();
@@ -199,6 +201,10 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     this.options = { ...this.options, tls: material, serverName };
   }
 
+  get hubs(): readonly HubAddress[] {
+    return this.options.hubs;
+  }
+
   /**
    * Hubs for dials from now on. Tunnels up stay where they are, since their
    * streams' sessions live on that hub; a slot keeps dialling its hub while it
@@ -297,6 +303,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
 
   private onUnreachable(slot: Slot, hub: HubAddress, reason: string): void {
     if (this.stopped) return;
+    this.lastFailure = `hub ${hub.host}:${hub.port} unreachable: ${reason}`;
     if (!slot.unreachable) {
       slot.unreachable = true;
       this.options.log.warn({ tunnel: slot.index, hub: `${hub.host}:${hub.port}`, reason }, 'hub unreachable, probing');
@@ -368,6 +375,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       const wasReady = slot.ready;
       slot.ready = false;
       slot.tunnel = null;
+      this.lastFailure = `tunnel to ${hub.host}:${hub.port} ${wasReady ? 'down' : 'failed to come up'}: ${reason}`;
       if (this.stopped) {
         log.info({ reason }, 'tunnel closed');
         if (wasReady) this.emit('down', tunnel, slot.index, reason);

@@ -1,6 +1,13 @@
 import mqttPacket, { type IConnackPacket, type Packet } from 'mqtt-packet';
 
-export type RefusalKind = 'unsupported-protocol' | 'identifier-rejected' | 'server-unavailable' | 'not-authorized' | 'quota-exceeded' | 'connection-rate-exceeded';
+export type RefusalKind =
+  | 'unsupported-protocol'
+  | 'identifier-rejected'
+  | 'server-unavailable'
+  | 'not-authorized'
+  | 'quota-exceeded'
+  | 'connection-rate-exceeded'
+  | 'use-another-server';
 
 /** Return codes of MQTT 3.1.1 §3.2.2.3 and reason codes of MQTT 5 §3.2.2.2 for each refusal. */
 const CODES: Record<RefusalKind, { v4: number; v5: number }> = {
@@ -11,6 +18,8 @@ const CODES: Record<RefusalKind, { v4: number; v5: number }> = {
   // MQTT 3.1.1 has no code for a limit: server unavailable makes a client back off.
   'quota-exceeded': { v4: 3, v5: 0x97 },
   'connection-rate-exceeded': { v4: 3, v5: 0x9f },
+  // 3.1.1 has no redirection: server unavailable makes the device back off and retry.
+  'use-another-server': { v4: 3, v5: 0x9c },
 };
 
 /** A CONNACK refusing a device, in the device's own protocol version. */

@@ -1,6 +1,6 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { collectDefaultMetrics, Registry } from 'prom-client';
+import { collectDefaultMetrics, type Registry } from 'prom-client';
 
 export interface MetricsServer {
   registry: Registry;
@@ -8,32 +8,69 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
+/** Whether a component can do its job now; `reasons` say what stops it. */
+export interface Readiness {
+  ready: boolean;
+  reasons: string[];
+  [key: string]: unknown;
+}
+
 /**
- * Prometheus metrics on /metrics and a health check on /healthz (200 while
- * `healthy()` says so, 503 otherwise, with the component's stats as JSON).
+ * Memoizes `read` for the duration of one scrape: prom-client calls every
+ * metric's collect() in the same turn of the event loop, so all gauges share
+ * one snapshot instead of each walking every device again.
+ */
+export function perScrape<T>(read: () => T): () => T {
+  let snapshot: { value: T } | null = null;
+  return () => {
+    if (snapshot === null) {
+      snapshot = { value: read() };
+      setImmediate(() => {
+        snapshot = null;
+      });
+    }
+    return snapshot.value;
+  };
+}
+
+/**
+ * Prometheus metrics on /metrics; /healthz answers 200 while the process
+ * serves requests at all (a liveness check: restart me if this fails);
+ * /readyz answers 200 when `ready()` says the component can do its job and
+ * 503 with the reasons otherwise (a readiness check: send me no work).
  */
 export async function startMetricsServer(options: {
   host: string;
   port: number;
   registry: Registry;
-  health: () => { healthy: boolean; [key: string]: unknown };
+  ready: () => Readiness;
+  /** Extra fields for /healthz, e.g. the component's stats. */
+  details?: () => Record<string, unknown>;
 }): Promise<MetricsServer> {
   collectDefaultMetrics({ register: options.registry });
+  const json = (response: http.ServerResponse, status: number, body: unknown): void => {
+    response.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(JSON.stringify(body));
+  };
   const server = http.createServer((request, response) => {
     if (request.method !== 'GET') {
       response.writeHead(405).end();
       return;
     }
-    if (request.url === '/metrics') {
+    const path = (request.url ?? '').split('?')[0];
+    if (path === '/metrics') {
       options.registry.metrics().then(
         (text) => response.writeHead(200, { 'content-type': options.registry.contentType }).end(text),
         (err: Error) => response.writeHead(500).end(err.message),
       );
       return;
     }
-    if (request.url === '/healthz') {
-      const health = options.health();
-      response.writeHead(health.healthy ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(health));
+    if (path === '/healthz') {
+      json(response, 200, { healthy: true, ...options.details?.() });
+      return;
+    }
+    if (path === '/readyz') {
+      const readiness = options.ready();
+      json(response, readiness.ready ? 200 : 503, readiness);
       return;
     }
     response.writeHead(404).end();
@@ -45,6 +82,10 @@ export async function startMetricsServer(options: {
   return {
     registry: options.registry,
     address: server.address() as AddressInfo,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
   };
 }

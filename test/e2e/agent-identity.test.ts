@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CloudHub } from '../../cloud-hub/hub.js';
 import { EdgeAgent } from '../../edge-agent/agent.js';
-import { agentHealth, agentMetrics } from '../../edge-agent/agent-metrics.js';
+import { agentMetrics, agentReadiness } from '../../edge-agent/agent-metrics.js';
 import { agentOptions, connectClient, eventually, hubOptions, removePki, testPki } from '../support/chain.js';
 import { HoldRelay } from '../support/hold-relay.js';
 
@@ -40,9 +40,10 @@ describe('one certificate, two agent processes', () => {
     const [refusal] = copy.pool.refusals();
     expect(refusal.code).toBe('identity-in-use');
     expect(refusal.reason).toMatch(/agent agent-1 worker 0 is already connected as another instance/);
-    const health = agentHealth(copy);
-    expect(health.healthy).toBe(false);
-    expect(health.refusals).toEqual(copy.pool.refusals());
+    const readiness = agentReadiness(copy);
+    expect(readiness.ready).toBe(false);
+    expect(readiness.refusals).toEqual(copy.pool.refusals());
+    expect(readiness.reasons).toContainEqual(expect.stringMatching(/refused tunnel 0 \(identity-in-use\): agent agent-1 worker 0 is already connected/));
     const metrics = await agentMetrics(copy).metrics();
     expect(metrics).toMatch(/edgemux_agent_tunnel_refusals_total\{code="identity-in-use"\} [1-9]/);
     expect(metrics).toMatch(/edgemux_agent_tunnels_refused 2/);
@@ -88,6 +89,6 @@ describe('one certificate, two agent processes', () => {
     secondClosed = true;
     await first.pool.waitForTunnels(2, 5000);
     expect(first.pool.refusals()).toEqual([]);
-    expect(agentHealth(first).healthy).toBe(true);
+    expect(agentReadiness(first)).toMatchObject({ ready: true, reasons: [] });
   });
 });

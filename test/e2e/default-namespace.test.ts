@@ -10,6 +10,7 @@ interface LogLine {
   policy?: string;
   clientId?: string;
   reason?: string;
+  detail?: string;
 }
 
 describe('without namespaces configured, each agent speaks only for "<agentId>:*"', () => {
@@ -59,7 +60,7 @@ describe('without namespaces configured, each agent speaks only for "<agentId>:*
 
     const refusals = logs.filter((line) => line.msg === 'device refused');
     expect(refusals.map((line) => line.clientId)).toEqual(['meter-1', 'agent-1:meter-1', 'agent-1-2:meter']);
-    expect(refusals[1].reason).toContain('no namespaces configured: agent agent-2 may use "agent-2:*"');
+    expect(refusals[1]).toMatchObject({ reason: 'namespace', detail: expect.stringContaining('no namespaces configured: agent agent-2 may use "agent-2:*"') });
   });
 
   it('lets every agent use every client ID only when configured to, and says so', async () => {

@@ -161,6 +161,7 @@ describe('tunnel loss is invisible to devices and broker', () => {
     // Past its queue limit the stubborn device is cut off as a slow consumer; the healthy one is not.
     await eventually(() => hubSession.state === 'closed', 10_000, 'slow consumer to be cut off');
     expect(healthy.connected).toBe(true);
+    expect(chain.hub.counters.slowConsumerCutoffs).toBe(1);
   });
 
   it('a device that stops reading for a while gets everything, in order, once it reads again', async () => {

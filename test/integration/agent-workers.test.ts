@@ -69,6 +69,9 @@ describe('edge-agent --workers', () => {
     const agentHealth = await fetch(`http://127.0.0.1:${agentMetricsPort}/healthz`);
     expect(agentHealth.status).toBe(200);
     expect(await agentHealth.json()).toMatchObject({ healthy: true, tunnelsUp: 2 });
+    const agentReady = await fetch(`http://127.0.0.1:${agentMetricsPort}/readyz`);
+    expect(agentReady.status).toBe(200);
+    expect(await agentReady.json()).toMatchObject({ ready: true, tunnelsUp: 2 });
     const agentMetrics = await (await fetch(`http://127.0.0.1:${agentMetricsPort}/metrics`)).text();
     expect(agentMetrics).toMatch(/^edgemux_agent_tunnels_up\{worker="[01]"\} 2$/m);
     for (const device of devices) device.end(true);

@@ -39,14 +39,14 @@ describe('docker-compose.yml', () => {
     }
   });
 
-  it('health-checks the hub and the agent on the port their metrics listen on, and gives them time to stop', () => {
+  it('health-checks the hub and the agent by their readiness on the port their metrics listen on, and gives them time to stop', () => {
     for (const name of longRunning) {
       const service = compose.services[name];
       const command = service.command ?? [];
       const metricsPort = flag(command, '--metrics-port');
       expect(metricsPort, `${name} serves metrics`).toBeDefined();
       expect(flag(command, '--metrics-host'), `${name} metrics reachable from the host`).toBe('0.0.0.0');
-      expect(service.healthcheck?.test.join(' '), name).toContain(`http://127.0.0.1:${metricsPort}/healthz`);
+      expect(service.healthcheck?.test.join(' '), name).toContain(`http://127.0.0.1:${metricsPort}/readyz`);
       expect(service.stop_grace_period, name).toMatch(/^\d+s$/);
       expect(service.restart, name).toBe('unless-stopped');
     }

@@ -17,6 +17,7 @@ interface LogLine {
   clientId?: string;
   streamId?: number;
   reason?: string;
+  detail?: string;
 }
 
 function connect(clientId: string, options: { clean?: boolean; username?: string } = {}): Buffer {
@@ -112,8 +113,9 @@ describe('an agent speaks only for its own namespace, judged on the CONNECT the 
 
     const refusals = logs.filter((line) => line.msg === 'device refused');
     expect(refusals).toHaveLength(1);
-    expect(refusals[0]).toMatchObject({ agentId: 'agent-2', clientId: 'dev-a-1', streamId: 1 });
-    expect(refusals[0].reason).toContain('OPEN named "dev-b-1"');
+    expect(refusals[0]).toMatchObject({ agentId: 'agent-2', clientId: 'dev-b-1', streamId: 1, reason: 'connect-mismatch' });
+    expect(refusals[0].detail).toContain('OPEN named "dev-b-1"');
+    expect(refusals[0].detail).toContain('CONNECT names client ID "dev-a-1"');
     const devices = hub.registry!.devices().map((device) => [device.client_id, device.agent_id]);
     expect(devices).toEqual([['dev-a-1', 'agent-1']]);
   });
@@ -147,6 +149,16 @@ describe('an agent speaks only for its own namespace, judged on the CONNECT the 
     expect(describeFrames(hostile.framesOf(3))).toEqual(['ACCEPT', 'CLOSE']);
     await expectVictimUndisturbed('after the second CONNECT');
     expect(hub.stats().sessions).toBe(1);
+    // Streams 1 and 3 never reached a broker: refusals. Stream 5 had, so it ends as a disconnect; the violation is named either way.
+    const refused = logs.filter((line) => line.msg === 'device refused').map((line) => [line.streamId, line.reason, line.detail]);
+    expect(refused).toEqual([
+      [1, 'protocol-violation', 'protocol violation: first packet of the stream is not CONNECT'],
+      [3, 'protocol-violation', 'protocol violation: CONNECT after the first packet of the stream'],
+    ]);
+    expect(logs.find((line) => line.msg === 'device disconnected' && line.streamId === 5)).toMatchObject({
+      clientId: 'dev-b-5',
+      reason: 'protocol violation: CONNECT after the first packet of the stream',
+    });
   });
 
   it('refuses a CONNECT whose client ID is not well-formed UTF-8 instead of decoding it with replacement characters', async () => {
