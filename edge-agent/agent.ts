@@ -9,7 +9,7 @@ import type { Tunnel } from '../shared/tunnel.js';
 import type { ConnectLimits, DeviceConnect } from './connect-packet.js';
 import { ConnectRate } from './connect-rate.js';
 import { DeviceConnection, type DeviceHost, type DeviceTraffic } from './device-connection.js';
-import { DeviceListener, type DeviceListenerOptions, type ListenerType } from './device-listeners.js';
+import { DeviceListener, type DeviceListenerOptions, type ListenerDeviceLog, type ListenerType } from './device-listeners.js';
 import { type HubAddress, TunnelPool } from './tunnel-pool.js';
 
 export type DeviceStream = MuxStream<DeviceConnection, Tunnel>;
@@ -107,7 +107,7 @@ export class EdgeAgent implements DeviceHost {
   readonly connectRate: ConnectRate | null;
   deviceDisconnects = 0;
   readonly traffic: DeviceTraffic = { messagesToHub: 0, bytesToHub: 0, messagesToDevice: 0, bytesToDevice: 0 };
-  readonly deviceLog: DeviceHost['deviceLog'];
+  readonly deviceLog: DeviceHost['deviceLog'] & ListenerDeviceLog;
   private readonly streamStates = new Map<DeviceStream, StreamState>();
   private nextStreamId = 1;
   private readonly sweep: NodeJS.Timeout;
@@ -122,6 +122,7 @@ export class EdgeAgent implements DeviceHost {
     this.deviceLog = {
       refused: new RateLimitedLog(deviceLog, { msg: 'device refused', plural: 'device refusals', ...DEVICE_LOG_LIMIT }),
       closed: new RateLimitedLog(deviceLog, { msg: 'closing device', plural: 'device closes', ...DEVICE_LOG_LIMIT }),
+      handshakeFailed: new RateLimitedLog(deviceLog, { msg: 'device TLS handshake failed', plural: 'failed device TLS handshakes', ...DEVICE_LOG_LIMIT }),
     };
     this.maxPacketSize = options.maxPacketSize;
     this.assignedIdPrefix = assignedIdPrefix(options.agentId);
@@ -167,6 +168,7 @@ export class EdgeAgent implements DeviceHost {
             options.maxPacketSize,
             (socket, identity) => agent.devices.add(new DeviceConnection(socket, agent, identity)),
             options.log,
+            agent.deviceLog,
           ),
         );
       }

@@ -304,9 +304,9 @@ export class DeviceConnection implements StreamSink {
     const address = this.socket.remoteAddress;
     const rate = this.host.connectRate === null || address === undefined || isLoopback(address) ? 'admit' : this.host.connectRate.take(address);
     if (rate !== 'admit') {
-      // Logged once per episode: the device decides how often it tries.
+      // Logged once per episode: the device decides how often it tries, and many addresses at once pass the bucket.
       if (rate === 'refuse-first') {
-        this.host.log.warn({ clientId: connect.clientId.slice(0, 64), remote: address, reason: 'connects per second from this address over the limit' }, 'device refused');
+        this.host.deviceLog.refused.info({ clientId: connect.clientId.slice(0, 64), remote: address, reason: 'connects per second from this address over the limit' });
       }
       this.state = 'draining';
       this.timerStart = Date.now();

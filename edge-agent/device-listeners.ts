@@ -5,6 +5,7 @@ import type { Duplex } from 'node:stream';
 import tls, { type TLSSocket } from 'node:tls';
 import { WebSocketServer } from 'ws';
 import { EdgemuxError } from '../shared/errors.js';
+import type { RateLimitedLog } from '../shared/log-rate-limit.js';
 import type { Logger } from '../shared/logger.js';
 import type { DeviceIdentity, IdentityAs } from './connect-packet.js';
 import { WebSocketDuplex } from './websocket-duplex.js';
@@ -33,6 +34,12 @@ export interface DeviceListenerOptions {
 export type DeviceSocket = Duplex & { remoteAddress?: string };
 export type OnDevice = (socket: DeviceSocket, identity: DeviceIdentity | null) => void;
 
+/** Lines about single devices, rate limited like the agent's other device lines: a storm of bad handshakes must not flood the log. */
+export interface ListenerDeviceLog {
+  refused: RateLimitedLog;
+  handshakeFailed: RateLimitedLog;
+}
+
 const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
 export const DEFAULT_WS_PATH = '/mqtt';
 /**
@@ -55,10 +62,10 @@ export class DeviceListener {
     private readonly server: net.Server,
   ) {}
 
-  static async start(options: DeviceListenerOptions, maxPacketSize: number, onDevice: OnDevice, log: Logger): Promise<DeviceListener> {
+  static async start(options: DeviceListenerOptions, maxPacketSize: number, onDevice: OnDevice, log: Logger, deviceLog: ListenerDeviceLog): Promise<DeviceListener> {
     const server = createServer(options);
     const listener = new DeviceListener(options, server);
-    listener.wire(maxPacketSize, onDevice, log);
+    listener.wire(maxPacketSize, onDevice, log, deviceLog);
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) => reject(new EdgemuxError('E_CONFIG', `${listener.describe()}: ${err.message}`, { cause: err })));
       server.listen({ port: options.port, host: options.host, backlog: options.backlog }, () => {
@@ -86,7 +93,7 @@ export class DeviceListener {
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 
-  private wire(maxPacketSize: number, onDevice: OnDevice, log: Logger): void {
+  private wire(maxPacketSize: number, onDevice: OnDevice, log: Logger, deviceLog: ListenerDeviceLog): void {
     const { type } = this.options;
     if (type === 'tcp') {
       this.server.on('connection', (socket: net.Socket) => onDevice(socket, null));
@@ -97,22 +104,22 @@ export class DeviceListener {
       this.server.on('secureConnection', (socket: TLSSocket) => {
         this.handshaking.delete(socket);
         socket.setNoDelay(true);
-        const identity = this.identityOf(socket, log);
+        const identity = this.identityOf(socket, deviceLog);
         if (identity === undefined) return;
         onDevice(socket, identity);
       });
     }
     if (type === 'tls' || type === 'wss') {
       this.server.on('tlsClientError', (err: Error, socket: TLSSocket) => {
-        log.info({ listener: type, remote: socket.remoteAddress, reason: err.message }, 'device TLS handshake failed');
+        deviceLog.handshakeFailed.info({ listener: type, remote: socket.remoteAddress, reason: err.message });
         // A handshake timeout only reports; the socket would stay open.
         socket.destroy();
       });
     }
-    if (type === 'ws' || type === 'wss') this.wireWebSocket(maxPacketSize, onDevice, log);
+    if (type === 'ws' || type === 'wss') this.wireWebSocket(maxPacketSize, onDevice, log, deviceLog);
   }
 
-  private wireWebSocket(maxPacketSize: number, onDevice: OnDevice, log: Logger): void {
+  private wireWebSocket(maxPacketSize: number, onDevice: OnDevice, log: Logger, deviceLog: ListenerDeviceLog): void {
     const wss = new WebSocketServer({
       server: this.server as http.Server,
       path: this.options.path ?? DEFAULT_WS_PATH,
@@ -123,7 +130,7 @@ export class DeviceListener {
     });
     this.wss = wss;
     wss.on('connection', (ws, request) => {
-      const identity = this.options.type === 'wss' ? this.identityOf(request.socket as TLSSocket, log) : null;
+      const identity = this.options.type === 'wss' ? this.identityOf(request.socket as TLSSocket, deviceLog) : null;
       if (identity === undefined) {
         ws.terminate();
         return;
@@ -148,12 +155,12 @@ export class DeviceListener {
    * takes none, undefined (after closing the socket) when it wants one and
    * the certificate has no usable common name.
    */
-  private identityOf(socket: TLSSocket, log: Logger): DeviceIdentity | null | undefined {
+  private identityOf(socket: TLSSocket, deviceLog: ListenerDeviceLog): DeviceIdentity | null | undefined {
     const as = this.options.identityAs;
     if (as === undefined) return null;
     const name = socket.getPeerCertificate().subject?.CN;
     if (typeof name !== 'string' || name.length === 0) {
-      log.info({ listener: this.options.type, remote: socket.remoteAddress, reason: 'client certificate has no single common name' }, 'device refused');
+      deviceLog.refused.info({ listener: this.options.type, remote: socket.remoteAddress, reason: 'client certificate has no single common name' });
       socket.destroy();
       return undefined;
     }
