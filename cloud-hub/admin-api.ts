@@ -108,6 +108,7 @@ function deviceDetail(hub: CloudHub, session: DeviceSession) {
     replayBytes: session.stream.replayBytes,
     brokerHeldBytes: session.link?.heldBytes ?? 0,
     droppedQos0: session.droppedQos0,
+    droppedOversized: session.droppedOversized,
   };
 }
 

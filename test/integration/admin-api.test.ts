@@ -124,7 +124,7 @@ describe('hub admin API', () => {
     expect(((await bad.json()) as { error: string }).error).toMatch(/^limit: /);
 
     const detail = await json('/api/v1/devices/dev-3');
-    expect(detail).toMatchObject({ clientId: 'dev-3', agentId: 'agent-1', state: 'attached', route: 'embedded', backend: 'embedded', protocolVersion: 4, messagesUp: 2, bytesDown: 4 + 4 });
+    expect(detail).toMatchObject({ clientId: 'dev-3', agentId: 'agent-1', state: 'attached', route: 'embedded', backend: 'embedded', protocolVersion: 4, messagesUp: 2, bytesDown: 4 + 4, droppedOversized: 0 });
     expect(Date.parse(detail.lastSeen as string)).toBeGreaterThanOrEqual(Date.parse(detail.connectedSince as string));
     expect((await api('/api/v1/devices/nobody')).status).toBe(404);
   });
