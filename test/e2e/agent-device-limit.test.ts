@@ -6,6 +6,7 @@ interface LogLine {
   msg: string;
   agentId?: string;
   limit?: number;
+  reason?: string;
 }
 
 describe('an agent holds at most maxDevicesPerAgent devices at the hub', () => {
@@ -39,6 +40,9 @@ describe('an agent holds at most maxDevicesPerAgent devices at the hub', () => {
     expect(logs.filter((line) => line.msg === 'refusing new devices of this agent')).toEqual([
       expect.objectContaining({ agentId: 'agent-1', limit: 3 }),
     ]);
+    // Each refusal also goes where the hub's other refusals go: its device log, metrics and admin API.
+    expect(logs.filter((line) => line.msg === 'device refused').map((line) => line.reason)).toEqual(['agent-device-limit', 'agent-device-limit']);
+    expect(chain.hub.counters.refusalsByReason()).toMatchObject({ 'agent-device-limit': 2 });
 
     // Taking over a session the agent already holds is no new device.
     const again = await chain.device({ clientId: 'dev-3' });

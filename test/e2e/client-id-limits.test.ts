@@ -63,6 +63,7 @@ describe('client IDs: bounded in length, recorded only once a broker admits them
       hostile.close();
     }
     expect(chain.hub.registry!.devices()).toEqual([]);
+    expect(chain.hub.counters.refusalsByReason()).toEqual({ 'client-id-too-long': 1 });
   });
 
   itWithMosquitto('a device its broker refuses leaves no row', async () => {
