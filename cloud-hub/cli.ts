@@ -118,7 +118,9 @@ runCli(async () => {
     const next = reloading.then(async () => {
       const nextConfig = loadConfig();
       // Read before anything is swapped: a bad token file refuses the whole reload.
-      const token = running.config.admin === undefined ? null : readAdminToken(running.config.admin.tokenFile);
+      // The new file when the reloaded config names one; the API itself (port, host) needs a restart.
+      const tokenFile = nextConfig.admin?.tokenFile ?? running.config.admin?.tokenFile;
+      const token = tokenFile === undefined ? null : readAdminToken(tokenFile);
       running = await reloadHub(hub, running, nextConfig, log);
       if (token !== null) admin?.setToken(token);
       return running.applied;
