@@ -7,9 +7,14 @@ import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import { Tunnel } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
+import { ENROLL_ALPN } from '../shared/enrollment-wire.js';
+import type { CertificateAndKey } from '../shared/pki.js';
+import { AgentGate } from './agent-gate.js';
 import { BrokerPipe } from './broker-pipe.js';
 import { DeviceSession, type SessionStream } from './device-session.js';
 import { type EmbeddedBroker, startEmbeddedBroker } from './embedded-broker.js';
+import { EnrollmentServer } from './enrollment-server.js';
+import type { PkiStore } from './pki-store.js';
 import { Registry } from './registry.js';
 import { SqlitePersistence } from './sqlite-persistence.js';
 import { Namespaces, type NamespaceRule, type Route, Router } from './routes.js';
@@ -39,6 +44,13 @@ export interface HubOptions {
    * broker keeps its state in memory and there is no registry.
    */
   statePath?: string;
+  /** Enrollment, renewal and revocation (docs/pki.md); without it the agent CA alone decides who connects. */
+  pki?: {
+    store: PkiStore;
+    ca: CertificateAndKey;
+    certValidityMs: number;
+    revocationPollMs?: number;
+  };
   log: Logger;
 }
 
@@ -93,6 +105,7 @@ export class CloudHub {
   private readonly agents = new Map<string, AgentRecord>();
   private readonly tunnels = new Set<Tunnel>();
   private readonly sweep: NodeJS.Timeout;
+  private readonly gate: AgentGate;
 
   private constructor(
     private readonly options: HubOptions,
@@ -104,7 +117,17 @@ export class CloudHub {
     this.broker = embedded.broker;
     this.router = new Router(options.routes ?? []);
     this.namespaces = new Namespaces(options.namespaces ?? []);
-    tunnelServer.on('secureConnection', (socket) => this.acceptTunnel(socket));
+    const pki = options.pki;
+    this.gate = new AgentGate({
+      store: pki?.store,
+      enrollment: pki && new EnrollmentServer({ store: pki.store, ca: pki.ca, certValidityMs: pki.certValidityMs, log: options.log }),
+      revocationPollMs: pki?.revocationPollMs,
+      log: options.log,
+    });
+    this.gate.on('revoked', (agentId, reason) => this.endAgent(agentId, `agent revoked: ${reason}`));
+    tunnelServer.on('secureConnection', (socket) => {
+      if (this.gate.admit(socket)) this.acceptTunnel(socket);
+    });
     tunnelServer.on('tlsClientError', (err, socket) => {
       options.log.warn({ remote: socket.remoteAddress, reason: err.message }, 'tunnel TLS handshake refused');
     });
@@ -126,7 +149,8 @@ export class CloudHub {
     const persistence = options.statePath !== undefined ? new SqlitePersistence({ path: options.statePath }) : undefined;
     const embedded = await startEmbeddedBroker({ appHost: options.appHost, appPort: options.appPort, persistence });
     const registry = persistence !== undefined ? new Registry(persistence.db) : null;
-    const tunnelServer = tls.createServer({ ...tunnelContext(options.tls), requestCert: true, rejectUnauthorized: true });
+    // The gate rejects what the handshake would have, but with a reason the agent can read.
+    const tunnelServer = tls.createServer({ ...tunnelContext(options.tls), requestCert: true, rejectUnauthorized: false, ALPNProtocols: [ENROLL_ALPN] });
     await new Promise<void>((resolve, reject) => {
       tunnelServer.once('error', reject);
       tunnelServer.listen(options.tunnelPort, options.tunnelHost, () => {
@@ -187,8 +211,23 @@ export class CloudHub {
     this.tunnelServer.setSecureContext(tunnelContext(material));
   }
 
+  /** Ends every session and tunnel of an agent at once, telling it why: its sessions publish their wills. */
+  endAgent(agentId: string, reason: string): void {
+    for (const record of [...this.agents.values()]) {
+      if (record.agentId !== agentId) continue;
+      this.agents.delete(record.key);
+      for (const stream of [...record.streams.values()]) stream.sink.expire();
+      record.streams.clear();
+      for (const tunnel of record.tunnels) {
+        tunnel.streams.clear();
+        tunnel.goodbye({ code: 'revoked', reason }, reason);
+      }
+    }
+  }
+
   async close(): Promise<void> {
     clearInterval(this.sweep);
+    this.gate.close();
     await new Promise<void>((resolve) => {
       this.tunnelServer.close(() => resolve());
       for (const tunnel of this.tunnels) tunnel.close('hub shutting down');
@@ -202,6 +241,7 @@ export class CloudHub {
       this.options.log.error({ reason: (err as { code?: string }).code ?? (err as Error).message }, 'registry not written at stop');
     }
     this.router.close();
+    this.options.pki?.store.close();
     await this.embedded.close();
   }
 

@@ -18,6 +18,7 @@ export const FrameType = {
   CLOSE: 6,
   PING: 7,
   PONG: 8,
+  GOODBYE: 9,
 } as const;
 export type FrameTypeCode = (typeof FrameType)[keyof typeof FrameType];
 
@@ -86,6 +87,23 @@ export interface PingBody {
   sentAt: number;
 }
 
+/**
+ * The last frame its sender writes on a tunnel. The hub uses it to refuse a
+ * tunnel in place of its HELLO, or to end one, with the reason: `revoked`
+ * (the agent's certificate was revoked) or `certificate-refused` (with
+ * `problem` saying which check failed). Receivers take a code they do not
+ * know as the end of the tunnel and log it.
+ */
+export type GoodbyeCode = 'shutdown' | 'revoked' | 'certificate-refused';
+
+export interface GoodbyeBody {
+  code: GoodbyeCode | (string & {});
+  /** Human-readable detail, for logs and health. */
+  reason: string;
+  /** With `certificate-refused`: unknown-ca, expired, not-yet-valid, no-certificate, no-common-name, invalid. */
+  problem?: string;
+}
+
 export type ControlFrame =
   | { type: typeof FrameType.HELLO; streamId: number; body: HelloBody }
   | { type: typeof FrameType.OPEN; streamId: number; body: OpenBody }
@@ -93,7 +111,8 @@ export type ControlFrame =
   | { type: typeof FrameType.RESUME; streamId: number; body: ResumeBody }
   | { type: typeof FrameType.CLOSE; streamId: number; body: CloseBody }
   | { type: typeof FrameType.PING; streamId: number; body: PingBody }
-  | { type: typeof FrameType.PONG; streamId: number; body: PingBody };
+  | { type: typeof FrameType.PONG; streamId: number; body: PingBody }
+  | { type: typeof FrameType.GOODBYE; streamId: number; body: GoodbyeBody };
 
 export type Frame =
   | { type: typeof FrameType.DATA; streamId: number; payload: Buffer }
@@ -175,6 +194,7 @@ const CONTROL_FIELDS: Record<number, Record<string, FieldKind>> = {
   [FrameType.CLOSE]: { reason: 'string', abrupt: 'boolean' },
   [FrameType.PING]: { sentAt: 'number' },
   [FrameType.PONG]: { sentAt: 'number' },
+  [FrameType.GOODBYE]: { code: 'string', reason: 'string' },
 };
 
 export function decodeControlBody(type: number, streamId: number, payload: Buffer): ControlFrame {
@@ -197,6 +217,9 @@ export function decodeControlBody(type: number, streamId: number, payload: Buffe
   }
   if (type === FrameType.HELLO && body.worker !== undefined && !fieldMatches(body.worker, 'count')) {
     throw new EdgemuxError('E_FRAME_MALFORMED', `HELLO: worker must be a non-negative integer`);
+  }
+  if (type === FrameType.GOODBYE && body.problem !== undefined && typeof body.problem !== 'string') {
+    throw new EdgemuxError('E_FRAME_MALFORMED', `GOODBYE: problem must be a string`);
   }
   return { type, streamId, body } as unknown as ControlFrame;
 }

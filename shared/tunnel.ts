@@ -1,7 +1,16 @@
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import { isEdgemuxError } from './errors.js';
-import { ACK_PAYLOAD_SIZE, type ControlFrame, encodeControlFrame, FRAME_HEADER_SIZE, FrameDecoder, type FrameHandler, FrameType } from './frame-codec.js';
+import {
+  ACK_PAYLOAD_SIZE,
+  type ControlFrame,
+  encodeControlFrame,
+  FRAME_HEADER_SIZE,
+  FrameDecoder,
+  type FrameHandler,
+  FrameType,
+  type GoodbyeBody,
+} from './frame-codec.js';
 import { FrameWriter } from './frame-writer.js';
 import type { Logger } from './logger.js';
 import type { MuxStream, StreamCarrier } from './mux-stream.js';
@@ -12,6 +21,8 @@ import type { MuxStream, StreamCarrier } from './mux-stream.js';
  * short enough that the peer's replay buffer empties soon after traffic stops.
  */
 const QUIET_ACK_DELAY_MS = 50;
+/** How long a tunnel that said GOODBYE waits for the peer to read it and close before dropping the connection. */
+const GOODBYE_LINGER_MS = 2000;
 
 export interface TunnelOptions {
   /** Largest frame payload accepted from the peer. */
@@ -47,6 +58,8 @@ export function addTraffic(into: TunnelTraffic, from: TunnelTraffic): void {
 
 export interface TunnelEvents {
   control: [frame: ControlFrame];
+  /** The peer said GOODBYE; 'closed' follows at once. */
+  goodbye: [body: GoodbyeBody];
   closed: [reason: string];
 }
 
@@ -63,6 +76,9 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   /** The peer's id from its HELLO (agent id or hub id). */
   peerId = '';
   closedReason: string | null = null;
+  /** The peer's GOODBYE, once it said one. */
+  peerGoodbye: GoodbyeBody | null = null;
+  private lingering = false;
   private readonly writer: FrameWriter;
   private readonly decoder: FrameDecoder;
   private readonly drainWaiters = new Set<MuxStream>();
@@ -155,6 +171,18 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     for (const stream of streams) stream.flushAck();
   }
 
+  /**
+   * Says GOODBYE, the last frame this side writes, and closes. The socket is
+   * ended rather than destroyed, which would discard the frame still queued
+   * in it; a peer that never closes its side is dropped after a linger.
+   */
+  goodbye(body: GoodbyeBody, reason: string): void {
+    if (this.closedReason !== null) return;
+    this.send({ type: FrameType.GOODBYE, streamId: 0, body });
+    this.lingering = true;
+    this.close(reason);
+  }
+
   close(reason: string): void {
     if (this.closedReason !== null) return;
     this.closedReason = reason;
@@ -162,7 +190,16 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     if (this.ackTimer !== null) clearTimeout(this.ackTimer);
     this.pendingAcks.clear();
     this.writer.flush();
-    this.socket.destroy();
+    if (this.lingering && !this.socket.destroyed) {
+      const linger = setTimeout(() => this.socket.destroy(), GOODBYE_LINGER_MS);
+      linger.unref();
+      this.socket.once('close', () => clearTimeout(linger));
+      // Read and drop what the peer still sends, so its close reaches us as a FIN, not stuck behind unread bytes.
+      this.socket.resume();
+      this.socket.end();
+    } else {
+      this.socket.destroy();
+    }
     this.drainWaiters.clear();
     this.emit('closed', reason);
   }
@@ -185,6 +222,12 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
       return;
     }
     if (frame.type === FrameType.PONG) return;
+    if (frame.type === FrameType.GOODBYE) {
+      this.peerGoodbye = frame.body;
+      this.emit('goodbye', frame.body);
+      this.close(`peer said goodbye (${frame.body.code}): ${frame.body.reason}`);
+      return;
+    }
     this.emit('control', frame);
   }
 
