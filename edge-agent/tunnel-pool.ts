@@ -5,6 +5,7 @@ import tls from 'node:tls';
 import { ReconnectPolicy } from '../shared/backoff.js';
 import { type ControlFrame, FrameType, PROTOCOL_VERSION } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
+import { certificateProblemOf, describeCertificateProblem } from '../shared/tls-failure.js';
 import { addTraffic, emptyTraffic, Tunnel, type TunnelTraffic } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 
@@ -284,6 +285,16 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     });
     slot.tunnel = tunnel;
     const helloTimer = setTimeout(() => tunnel.close('no HELLO from hub in time'), TUNNEL_DEFAULTS.helloTimeoutMs);
+    // Which check failed, on whichever side: the bare transport error would say only "socket hang up".
+    socket.once('error', (err: NodeJS.ErrnoException) => {
+      const problem = certificateProblemOf(err.code);
+      if (problem !== null) log.warn({ problem, reason: `${describeCertificateProblem(problem)}: ${err.message}` }, 'hub certificate refused');
+    });
+    tunnel.on('goodbye', (body) => {
+      const fields = { code: body.code, problem: body.problem, reason: body.reason };
+      if (slot.ready) log.error(fields, 'hub closed the tunnel');
+      else log.error(fields, 'hub refused the tunnel');
+    });
     socket.once('secureConnect', () => {
       tunnel.send({
         type: FrameType.HELLO,
