@@ -71,8 +71,11 @@ export class AgentGate extends EventEmitter<AgentGateEvents> {
     const peer = socket.getPeerCertificate();
     const presented = peer !== null && Object.keys(peer).length > 0;
     if (!socket.authorized) {
-      const problem: CertificateProblem = presented ? (certificateProblemOf((socket.authorizationError as { code?: string } | null)?.code) ?? 'invalid') : 'no-certificate';
-      const detail = socket.authorizationError?.message ?? describeCertificateProblem(problem);
+      // Typed as an Error, but node:tls hands over OpenSSL's verify code as a plain string.
+      const failure = socket.authorizationError as unknown as string | { code?: string; message?: string } | null;
+      const code = typeof failure === 'string' ? failure : (failure?.code ?? null);
+      const problem: CertificateProblem = presented ? (certificateProblemOf(code) ?? 'invalid') : 'no-certificate';
+      const detail = code ?? describeCertificateProblem(problem);
       // The name of a certificate that did not verify is whatever its maker wrote: logged as presented, never trusted.
       this.refuse(socket, log.child({ presentedCn: presented ? peer.subject?.CN : undefined }), problem, `${describeCertificateProblem(problem)} (${detail})`);
       return false;
@@ -89,16 +92,27 @@ export class AgentGate extends EventEmitter<AgentGateEvents> {
       return false;
     }
     this.admitted.set(socket, { agentId, serial, notAfter: Date.parse(peer.valid_to) });
-    let spoke = false;
-    socket.once('data', () => (spoke = true));
-    socket.once('close', () => {
-      this.admitted.delete(socket);
-      // The agent checks the hub's certificate only once the handshake is over, and then just drops the connection.
-      if (!spoke) {
-        log.warn({ agentId, reason: 'agent closed the connection before HELLO: it may refuse the hub certificate (unknown CA, expired or wrong name; see its log)' }, 'agent left after the TLS handshake');
-      }
-    });
+    socket.once('close', () => this.admitted.delete(socket));
     return true;
+  }
+
+  /**
+   * A handshake that failed before there was a connection to refuse. An agent
+   * that does not accept the hub's certificate just drops the handshake, so
+   * the hub sees only a reset: it says what that usually means.
+   */
+  handshakeFailed(err: NodeJS.ErrnoException, socket: { remoteAddress?: string }): void {
+    const problem = certificateProblemOf(err.code);
+    const dropped = err.code === 'ECONNRESET' || err.message === 'socket hang up';
+    this.options.log.warn(
+      {
+        remote: socket.remoteAddress,
+        reason: err.message,
+        ...(problem !== null ? { problem } : {}),
+        ...(dropped ? { hint: 'the agent dropped the handshake: it likely refused the hub certificate (unknown CA, expired or wrong name; its log says which)' } : {}),
+      },
+      'tunnel TLS handshake refused',
+    );
   }
 
   close(): void {

@@ -83,7 +83,7 @@ export class EnrollmentServer {
       return { ok: true, ca: ca.certPem, cert: signed.certPem, agentId };
     }
     if (!socket.authorized) {
-      throw new EnrollmentRefused('certificate-required', `renewal needs a valid client certificate (${socket.authorizationError?.message ?? 'none presented'})`);
+      throw new EnrollmentRefused('certificate-required', `renewal needs a valid client certificate (${String(socket.authorizationError ?? 'none presented')})`);
     }
     const peer = socket.getPeerCertificate();
     const agentId = peer.subject?.CN;

@@ -128,9 +128,7 @@ export class CloudHub {
     tunnelServer.on('secureConnection', (socket) => {
       if (this.gate.admit(socket)) this.acceptTunnel(socket);
     });
-    tunnelServer.on('tlsClientError', (err, socket) => {
-      options.log.warn({ remote: socket.remoteAddress, reason: err.message }, 'tunnel TLS handshake refused');
-    });
+    tunnelServer.on('tlsClientError', (err, socket) => this.gate.handshakeFailed(err, socket));
     this.sweep = setInterval(() => this.sweepSessions(), SWEEP_INTERVAL_MS);
     this.sweep.unref();
     // The registry keeps what it could not write and retries: one line when the
