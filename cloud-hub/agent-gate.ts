@@ -75,9 +75,9 @@ export class AgentGate extends EventEmitter<AgentGateEvents> {
       const failure = socket.authorizationError as unknown as string | { code?: string; message?: string } | null;
       const code = typeof failure === 'string' ? failure : (failure?.code ?? null);
       const problem: CertificateProblem = presented ? (certificateProblemOf(code) ?? 'invalid') : 'no-certificate';
-      const detail = code ?? describeCertificateProblem(problem);
+      const reason = presented && code !== null ? `${describeCertificateProblem(problem)} (${code})` : describeCertificateProblem(problem);
       // The name of a certificate that did not verify is whatever its maker wrote: logged as presented, never trusted.
-      this.refuse(socket, log.child({ presentedCn: presented ? peer.subject?.CN : undefined }), problem, `${describeCertificateProblem(problem)} (${detail})`);
+      this.refuse(socket, log.child({ presentedCn: presented ? peer.subject?.CN : undefined }), problem, reason);
       return false;
     }
     const agentId = peer.subject?.CN;

@@ -3,7 +3,10 @@ import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { MqttClient } from 'mqtt';
+import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ENROLL_ALPN } from '../../shared/enrollment-wire.js';
+import { decodeFrames, FrameType } from '../../shared/frame-codec.js';
 import { connectClient, eventually } from '../support/chain.js';
 import { CliProcess } from '../support/cli-process.js';
 import { freePort } from '../support/mosquitto.js';
@@ -146,6 +149,38 @@ describe('enrollment with one-time tokens against the real binaries', () => {
     expect(wrong.stderr).toContain('is not the expected');
     // Never sent: the token still works.
     expect((await enroll(tokenValue, join(dir, 'agent-d'))).status).toBe(0);
+  });
+
+  /** Everything a raw TLS client gets from the tunnel port until the hub closes the connection. */
+  async function strangerReads(options: tls.ConnectionOptions, send?: Buffer): Promise<Buffer> {
+    const socket = tls.connect({ host: '127.0.0.1', port: tunnelPort, rejectUnauthorized: false, ...options });
+    const chunks: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.once('secureConnect', () => {
+      if (send !== undefined) socket.write(send);
+    });
+    await new Promise<void>((done) => {
+      socket.once('close', () => done());
+      socket.once('error', () => {});
+    });
+    return Buffer.concat(chunks);
+  }
+
+  it('gives a stranger without a certificate nothing but a refusal on the tunnel port', async () => {
+    const bytes = await strangerReads({});
+    expect(decodeFrames(bytes, 1024)).toEqual([
+      { type: FrameType.GOODBYE, streamId: 0, body: { code: 'certificate-refused', reason: 'no certificate presented', problem: 'no-certificate' } },
+    ]);
+    expect(hub.logged('tunnel refused').some((line) => line.problem === 'no-certificate')).toBe(true);
+  });
+
+  it('refuses an enrollment request that announces more than 16 KiB, before reading it', async () => {
+    const header = Buffer.alloc(4);
+    header.writeUInt32BE(1024 * 1024);
+    const bytes = await strangerReads({ ALPNProtocols: [ENROLL_ALPN] }, header);
+    const answer = JSON.parse(bytes.subarray(4).toString()) as { ok: boolean; code: string; reason: string };
+    expect(answer).toMatchObject({ ok: false, code: 'bad-request' });
+    expect(answer.reason).toContain('1048576 bytes announced, at most 16384 accepted');
   });
 
   it('enrolls at start with a token from the environment, then connects', async () => {

@@ -125,7 +125,11 @@ const pingFrame: fc.Arbitrary<ControlFrame> = fc
   .record({ type: fc.constantFrom(FrameType.PING, FrameType.PONG), sentAt: count })
   .map(({ type, sentAt }) => ({ type, streamId: 0, body: { sentAt } }) as ControlFrame);
 
-const controlFrame = fc.oneof(helloFrame, openFrame, acceptFrame, resumeFrame, closeFrame, pingFrame);
+const goodbyeFrame: fc.Arbitrary<ControlFrame> = fc
+  .record({ code: text, reason: text, problem: fc.option(text, { nil: undefined }) })
+  .map(({ problem, ...body }) => ({ type: FrameType.GOODBYE, streamId: 0, body: problem === undefined ? body : { ...body, problem } }));
+
+const controlFrame = fc.oneof(helloFrame, openFrame, acceptFrame, resumeFrame, closeFrame, pingFrame, goodbyeFrame);
 const anyFrame = fc.oneof(dataFrame, ackFrame, controlFrame);
 const cutPoints = fc.array(fc.nat(), { maxLength: 30 });
 
@@ -138,6 +142,7 @@ const REQUIRED_FIELDS: Record<number, Record<string, 'string' | 'number' | 'bool
   [FrameType.CLOSE]: { reason: 'string', abrupt: 'boolean' },
   [FrameType.PING]: { sentAt: 'number' },
   [FrameType.PONG]: { sentAt: 'number' },
+  [FrameType.GOODBYE]: { code: 'string', reason: 'string' },
 };
 const WRONG_VALUES: Record<'string' | 'number' | 'boolean', unknown[]> = {
   string: [1, true, null, ['a'], { a: 1 }, Buffer.from('id')],
@@ -152,6 +157,7 @@ const VALID_BODIES: Record<number, Record<string, unknown>> = {
   [FrameType.CLOSE]: { reason: 'bye', abrupt: false },
   [FrameType.PING]: { sentAt: 1_700_000_000_000 },
   [FrameType.PONG]: { sentAt: 1_700_000_000_000 },
+  [FrameType.GOODBYE]: { code: 'certificate-refused', reason: 'certificate expired', problem: 'expired' },
 };
 
 // ---- tests ---------------------------------------------------------------
@@ -301,6 +307,13 @@ describe('frame codec: hostile input', () => {
       expect(decodeFrames(controlFrameWithBody(Number(type), body), MAX_PAYLOAD)).toEqual([
         { type: Number(type), streamId: 0, body },
       ]);
+    }
+  });
+
+  it('rejects a GOODBYE whose optional problem is not a string', () => {
+    for (const wrong of WRONG_VALUES.string) {
+      const body = { ...VALID_BODIES[FrameType.GOODBYE], problem: wrong };
+      expect(errorCodeOf(() => decodeFrames(controlFrameWithBody(FrameType.GOODBYE, body), MAX_PAYLOAD))).toBe('E_FRAME_MALFORMED');
     }
   });
 
