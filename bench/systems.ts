@@ -80,7 +80,7 @@ export interface ChainOptions {
 export async function startChain(ctx: BenchContext, options: ChainOptions = {}): Promise<System> {
   const tunnelPort = await freePort();
   const appPort = await freePort();
-  const hubArgs = ['--dev-pki', ctx.pkiDir, '--tunnel-host', HOST, '--tunnel-port', String(tunnelPort), '--app-host', HOST, '--app-port', String(appPort), '--log-level', 'warn'];
+  const hubArgs = ['--dev-pki', ctx.pkiDir, '--tunnel-host', HOST, '--tunnel-port', String(tunnelPort), '--app-host', HOST, '--app-port', String(appPort), '--log-level', 'warn', '--open-namespaces'];
   if (options.externalBrokerPort !== undefined) {
     const config = join(mkdtempSync(join(ctx.workDir, 'hub-')), 'hub.yaml');
     writeFileSync(

@@ -10,6 +10,7 @@ import { hubMetrics } from './hub-metrics.js';
 import { startHub } from './main.js';
 import { runPkiCommand } from './pki-cli.js';
 import { reloadHub, runningHub } from './reload.js';
+import { OPEN_NAMESPACES } from './routes.js';
 
 const HELP = `cloud-hub: takes agent tunnels apart into device sessions on a broker
 
@@ -24,6 +25,8 @@ Usage: cloud-hub [options]
   --app-password-file FILE  application user names and passwords, written by mosquitto_passwd
   --app-allow-anonymous     let applications in without credentials on any address: anyone who
                        reaches the port reads and publishes every topic
+  --open-namespaces    let every agent use every client ID (namespaces: [{agentId: '*', clientIds: ['*']}]);
+                       without it and without namespaces, agent A may use only client IDs "A:*"
   --ca FILE --cert FILE --key FILE   TLS material (CA of the agents, hub certificate and key)
   --dev-pki DIR        create or reuse a development PKI in DIR instead of --ca/--cert/--key
   --pki-dir DIR        a PKI made by 'cloud-hub pki init': agents enroll with tokens and renew on the
@@ -52,6 +55,7 @@ if (process.argv[2] === 'pki') {
       'app-port': { type: 'string' },
       'app-password-file': { type: 'string' },
       'app-allow-anonymous': { type: 'boolean' },
+      'open-namespaces': { type: 'boolean' },
       ca: { type: 'string' },
       cert: { type: 'string' },
       key: { type: 'string' },
@@ -88,6 +92,7 @@ if (process.argv[2] === 'pki') {
             allowAnonymous: values['app-allow-anonymous'],
           },
           ...tlsFlags,
+          ...(values['open-namespaces'] ? { namespaces: OPEN_NAMESPACES } : {}),
           devPki: values['dev-pki'],
           pkiDir: values['pki-dir'],
           enrollment: { certValidity: values['cert-validity'] },

@@ -1,6 +1,8 @@
 import { z } from 'zod';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 import { anonymousAccess } from './app-access.js';
+import { DEFAULT_OFFLINE_QUEUE } from './sqlite-persistence.js';
+import { DEFAULT_SUBSCRIPTION_LIMITS } from './subscription-limits.js';
 
 const port = z.number().int().min(0).max(65535);
 
@@ -14,6 +16,20 @@ export const HUB_DEFAULTS = {
   handshakeTimeoutMs: 10_000,
   /** Connections on the tunnel port that have not yet sent HELLO; more are closed on accept. */
   maxUnauthenticated: 1024,
+  /**
+   * Longest client ID a device or application may use, in characters, as
+   * aedes counts (its own default): MQTT allows 65 535 bytes, and every ID
+   * the hub admits is kept in its registry and broker state.
+   */
+  maxClientIdLength: 256,
+  /**
+   * Devices one agent identity (all its workers) may hold at the hub at once:
+   * the architecture's 100 000 per site. One certificate must not be able to
+   * take the hub's whole session memory.
+   */
+  maxDevicesPerAgent: 100_000,
+  /** Registry rows of devices and agents not seen for this long are deleted. */
+  registryExpireAfterDays: 90,
 } as const;
 
 const brokerSchema = z.strictObject({
@@ -100,7 +116,31 @@ export const hubConfigSchema = z.strictObject({
   deadAfterMs: z.number().int().min(300).default(TUNNEL_DEFAULTS.deadAfterMs),
   resumeGraceMs: z.number().int().min(0).default(TUNNEL_DEFAULTS.resumeGraceMs),
   maxQueuedBytes: z.number().int().min(64 * 1024).default(TUNNEL_DEFAULTS.maxQueuedBytes),
-  /** Which client IDs each agent may speak for (globs); without entries, any. */
+  maxClientIdLength: z.number().int().min(23).max(65_535).default(HUB_DEFAULTS.maxClientIdLength),
+  maxDevicesPerAgent: z.number().int().min(1).default(HUB_DEFAULTS.maxDevicesPerAgent),
+  /** The registry of agents and devices (with statePath). */
+  registry: z
+    .strictObject({
+      /** Devices and agents not connected and not seen for this many days are forgotten. */
+      expireAfterDays: z.number().min(1).default(HUB_DEFAULTS.registryExpireAfterDays),
+    })
+    .prefault({}),
+  /** Per client of the embedded broker (devices and applications): past a limit a filter gets SUBACK 0x80. */
+  subscriptions: z
+    .strictObject({
+      maxPerClient: z.number().int().min(1).default(DEFAULT_SUBSCRIPTION_LIMITS.maxPerClient),
+      maxTopicLength: z.number().int().min(1).max(65_535).default(DEFAULT_SUBSCRIPTION_LIMITS.maxTopicLength),
+      maxTopicLevels: z.number().int().min(1).max(100).default(DEFAULT_SUBSCRIPTION_LIMITS.maxTopicLevels),
+    })
+    .prefault({}),
+  /** Per session of the embedded broker that is away: past either bound, new messages for it are dropped. */
+  offlineQueue: z
+    .strictObject({
+      maxMessages: z.number().int().min(1).default(DEFAULT_OFFLINE_QUEUE.maxMessages),
+      maxBytes: z.number().int().min(1024).default(DEFAULT_OFFLINE_QUEUE.maxBytes),
+    })
+    .prefault({}),
+  /** Which client IDs each agent may speak for (globs); without entries, agent A may use "A:*" (routes.ts, Namespaces). */
   namespaces: z
     .array(z.strictObject({ agentId: z.string().min(1), clientIds: z.array(z.string().min(1)).min(1) }))
     .default([]),
@@ -112,6 +152,10 @@ export const hubConfigSchema = z.strictObject({
 }).refine((config) => config.tls !== undefined || config.devPki !== undefined || config.pkiDir !== undefined, {
   message: 'set tls (ca, cert, key file paths), pkiDir (made by cloud-hub pki init) or devPki (a directory for a development PKI)',
   path: ['tls'],
+}).refine((config) => config.app.maxPacketSize <= config.maxPacketSize, {
+  // A message the tunnel cannot carry would be accepted only to be dropped for every subscriber.
+  message: 'must not exceed maxPacketSize, the largest packet a tunnel carries to a device',
+  path: ['app', 'maxPacketSize'],
 });
 
 export type HubConfig = z.output<typeof hubConfigSchema>;

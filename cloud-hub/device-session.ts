@@ -1,14 +1,17 @@
 import type { IConnectPacket } from 'mqtt-packet';
 import { FrameType } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
-import { MqttFramer, PacketType, packetTypeOf, PINGREQ_BYTES, streamPayloadProblem, wholePacketSize } from '../shared/mqtt-framing.js';
+import { PacketType, packetTypeOf, PINGREQ_BYTES, streamPayloadProblem, wholePacketSize } from '../shared/mqtt-framing.js';
 import type { MuxStream, StreamSink } from '../shared/mux-stream.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import { effectiveKeepalive, parseConnack, refusalConnack } from '../shared/connack.js';
 import type { BrokerLink, BrokerLinkOwner } from './broker-link.js';
+import { DeliveryFramer, type OversizedPacket, publishSummary } from './delivery-framer.js';
 
 /** How long a broker may take to read a closed device's last bytes before the link is cut. */
 const BROKER_END_TIMEOUT_MS = 5000;
+/** A session logs the deliveries it drops at most this often; a publisher decides how many there are. */
+const DROP_LOG_INTERVAL_MS = 10_000;
 
 /**
  * attached: its stream runs over a live tunnel.
@@ -37,6 +40,8 @@ export interface DeviceSessionOptions {
    * before the CONNECT is passed on.
    */
   admit(session: DeviceSession, connect: Buffer): void;
+  /** The broker accepted the device's CONNECT: from here on it is a device the hub has carried. */
+  onAdmitted(session: DeviceSession): void;
   onClosed(session: DeviceSession): void;
 }
 
@@ -56,10 +61,18 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   detachedAt = 0;
   /** QoS 0 messages dropped because the device could not take them. */
   droppedQos0 = 0;
+  /** Deliveries dropped because they are larger than the hub or the agent accepts. */
+  droppedOversized = 0;
+  /** The broker accepted the CONNECT (CONNACK return or reason code 0). */
+  admitted = false;
   /** Traffic counters, read by the hub's sweep for the device registry. */
   readonly traffic = { bytesToBroker: 0, packetsToBroker: 0, bytesToDevice: 0, packetsToDevice: 0 };
   private lastToBrokerAt = Date.now();
-  private readonly framer: MqttFramer;
+  private readonly framer: DeliveryFramer;
+  /** QoS 2 deliveries the hub received on the device's behalf: their PUBREL is answered here, never seen by the device. */
+  private readonly answeredQos2 = new Set<number>();
+  private dropLoggedAt = -Infinity;
+  private dropsUnlogged = 0;
   private creditHeldBack = 0;
   /** Broker packets for the device waiting for stream credit; bounded by maxQueuedBytes. */
   private waiting: Buffer[] = [];
@@ -74,7 +87,7 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   private protocolVersion = 4;
 
   constructor(private readonly options: DeviceSessionOptions) {
-    this.framer = new MqttFramer(options.maxPacketSize);
+    this.framer = new DeliveryFramer(options.maxPacketSize);
   }
 
   /** Broker output waiting for stream credit. */
@@ -167,7 +180,7 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   fromBroker(chunk: Buffer, done: () => void): void {
     if (this.state !== 'closed') {
       try {
-        this.framer.push(chunk, (packet) => this.toDevice(packet));
+        this.framer.push(chunk, (packet) => this.toDevice(packet), (oversized) => this.undeliverable(oversized));
       } catch (err) {
         this.options.log.error({ clientId: this.clientId, err }, 'broker wrote an unframeable packet');
         this.link?.destroy();
@@ -182,13 +195,18 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     if (type === PacketType.CONNACK && this.protocolVersion === 5) {
       this.keepaliveSeconds = effectiveKeepalive(this.keepaliveSeconds, parseConnack(packet, 5));
     }
+    // MQTT 3.1.1 §3.2.2.3, MQTT 5 §3.2.2.2: the code follows the acknowledge flags in both.
+    if (type === PacketType.CONNACK && !this.admitted && packet.length >= 4 && packet[3] === 0) {
+      this.admitted = true;
+      this.options.onAdmitted(this);
+    }
+    if (type === PacketType.PUBREL && this.answeredQos2.size > 0 && this.answeredQos2.delete(packet.readUInt16BE(2))) {
+      this.link?.push(Buffer.from([0x70, 0x02, packet[2], packet[3]]));
+      return;
+    }
     if (packet.length > this.stream.maxPeerPayload) {
-      // The agent would close the whole tunnel on it; only this device's session ends.
-      this.options.log.warn(
-        { clientId: this.clientId, agentId: this.agentId, bytes: packet.length, reason: 'packet larger than the agent accepts' },
-        'ending device session',
-      );
-      this.link?.destroy();
+      // The agent would close the whole tunnel on it.
+      this.undeliverable({ head: packet, size: packet.length });
       return;
     }
     this.traffic.bytesToDevice += packet.length;
@@ -214,6 +232,50 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
       this.waitingBytes = 0;
       this.link.destroy();
     }
+  }
+
+  /**
+   * A packet the device cannot receive (larger than the hub's frames or the
+   * agent's) is dropped, never the session for it: otherwise one retained or
+   * queued message would cut its subscribers off on every reconnect. The
+   * broker waits for an acknowledgement of QoS 1 and 2, and would deliver it
+   * again forever, so the hub gives it on the device's behalf (MQTT 3.1.1
+   * §4.3.2, §4.3.3), and answers the PUBREL that follows a PUBREC itself:
+   * the device never saw that flow.
+   */
+  private undeliverable({ head, size }: OversizedPacket): void {
+    const publish = publishSummary(head);
+    this.droppedOversized++;
+    if (publish !== null && publish.messageId !== null && this.link !== null && !this.link.destroyed) {
+      const id = [publish.messageId >> 8, publish.messageId & 0xff];
+      if (publish.qos === 1) {
+        this.link.push(Buffer.from([0x40, 0x02, ...id]));
+      } else {
+        this.answeredQos2.add(publish.messageId);
+        this.link.push(Buffer.from([0x50, 0x02, ...id]));
+      }
+    }
+    const now = Date.now();
+    if (now - this.dropLoggedAt < DROP_LOG_INTERVAL_MS) {
+      this.dropsUnlogged++;
+      return;
+    }
+    this.options.log.warn(
+      {
+        clientId: this.clientId,
+        agentId: this.agentId,
+        topic: publish?.topic,
+        qos: publish?.qos,
+        packetType: head[0] >> 4,
+        bytes: size,
+        maxBytes: Math.min(this.options.maxPacketSize, this.stream.maxPeerPayload),
+        droppedSinceLastLine: this.dropsUnlogged,
+        reason: 'larger than the device can receive through the tunnel',
+      },
+      'delivery dropped',
+    );
+    this.dropLoggedAt = now;
+    this.dropsUnlogged = 0;
   }
 
   writable(): void {

@@ -7,16 +7,18 @@ import { SocketBatcher } from '../shared/socket-batcher.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 import { AppAccess, AppRefusalCode, anonymousAccess } from './app-access.js';
 import type { SqlitePersistence } from './sqlite-persistence.js';
+import { DEFAULT_SUBSCRIPTION_LIMITS, type SubscriptionLimitOptions, SubscriptionLimits } from './subscription-limits.js';
 
 export interface EmbeddedBroker {
   broker: Aedes;
   /** Plain MQTT listener for cloud applications. */
   appServer: net.Server;
+  persistence: SqlitePersistence | undefined;
+  subscriptionLimits: SubscriptionLimits;
+  /** Connections the broker ended for a packet it refuses (a wildcard in a PUBLISH topic, QoS 3, an empty SUBSCRIBE...). */
+  readonly stats: { clientErrors: number };
   close(): Promise<void>;
 }
-
-/** Client IDs longer than aedes' default of 23 are common in fleets (MQTT 3.1.1 §3.1.3.1 allows it). */
-const MAX_CLIENT_ID_LENGTH = 256;
 
 export async function startEmbeddedBroker(options: {
   appHost: string;
@@ -28,6 +30,10 @@ export async function startEmbeddedBroker(options: {
   appAccess?: AppAccess;
   /** Largest packet an application may send, checked at its fixed header. */
   appMaxPacketSize?: number;
+  /** Longest client ID; longer IDs than aedes' own default of 23 are common in fleets (MQTT 3.1.1 §3.1.3.1 allows them). */
+  maxClientIdLength?: number;
+  /** Per client of the broker, devices and applications alike. */
+  subscriptionLimits?: SubscriptionLimitOptions;
   /** Durable sessions, retained messages and offline queues; in memory when absent. */
   persistence?: SqlitePersistence;
   log?: Logger;
@@ -40,8 +46,9 @@ export async function startEmbeddedBroker(options: {
   // strangers that must prove who they are. The set also lets a stop end
   // them: server.close() would wait for the longest-connected application.
   const appSockets = new Set<net.Socket>();
+  const subscriptionLimits = new SubscriptionLimits(options.subscriptionLimits ?? DEFAULT_SUBSCRIPTION_LIMITS, log);
   const broker = await Aedes.createBroker({
-    maxClientsIdLength: MAX_CLIENT_ID_LENGTH,
+    maxClientsIdLength: options.maxClientIdLength ?? 256,
     // aedes' default of 100 messages in flight queues the rest in mqemitter,
     // which drains its queue recursively (and with Array.shift): under a
     // sustained load it spent a third of the hub's CPU there and overflowed
@@ -63,8 +70,12 @@ export async function startEmbeddedBroker(options: {
         (err: unknown) => refuse(AppRefusalCode.SERVER_UNAVAILABLE, `cannot check the client: ${(err as Error).message}`),
       );
     },
+    authorizeSubscribe: (client, sub, done) => subscriptionLimits.authorize(client, sub, done),
     ...(options.persistence !== undefined ? { persistence: options.persistence } : {}),
   });
+  broker.on('unsubscribe', (topics, client) => subscriptionLimits.forget(client, topics));
+  const stats = { clientErrors: 0 };
+  logClientErrors(broker, stats, log);
   keepClientIdsOutOfSys(broker);
   // aedes writes every delivery with its own writev: a cloud application
   // subscribed to a fleet would cost the hub one syscall per message.
@@ -86,6 +97,9 @@ export async function startEmbeddedBroker(options: {
   return {
     broker,
     appServer,
+    persistence: options.persistence,
+    subscriptionLimits,
+    stats,
     close: async () => {
       const listenerClosed = new Promise<void>((resolve) => appServer.close(() => resolve()));
       // aedes closes the connections of the clients it knows, publishing their
@@ -97,6 +111,41 @@ export async function startEmbeddedBroker(options: {
       options.persistence?.close();
     },
   };
+}
+
+/** Refusals logged per interval, hub-wide: a device can reconnect and offend again as fast as it likes. */
+const CLIENT_ERROR_LINES = 20;
+const CLIENT_ERROR_INTERVAL_MS = 10_000;
+
+/**
+ * aedes closes a client whose packet it refuses (a wildcard or empty topic
+ * in PUBLISH, QoS 3, a SUBSCRIBE without filters) and says so only in a
+ * 'clientError' event: without this the device would just be gone, and
+ * neither the hub's log nor the agent's say why.
+ */
+function logClientErrors(broker: Aedes, stats: { clientErrors: number }, log: Logger): void {
+  let windowStart = -Infinity;
+  let lines = 0;
+  let suppressed = 0;
+  // The first error is the reason; a client being closed for it may report more ("connection closed").
+  const reported = new WeakSet<Client>();
+  broker.on('clientError', (client, err) => {
+    if (reported.has(client)) return;
+    reported.add(client);
+    stats.clientErrors++;
+    const now = Date.now();
+    if (now - windowStart >= CLIENT_ERROR_INTERVAL_MS) {
+      windowStart = now;
+      lines = 0;
+    }
+    if (lines >= CLIENT_ERROR_LINES) {
+      suppressed++;
+      return;
+    }
+    lines++;
+    log.warn({ clientId: client.id, reason: err.message, ...(suppressed > 0 ? { suppressedLines: suppressed } : {}) }, 'broker closed a client for a packet it refuses');
+    suppressed = 0;
+  });
 }
 
 function defaultAccess(host: string): AppAccess {

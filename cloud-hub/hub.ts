@@ -1,10 +1,12 @@
 import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { Aedes } from 'aedes';
 import type { IConnectPacket } from 'mqtt-packet';
 import { refusalConnack } from '../shared/connack.js';
 import { EdgemuxError, isEdgemuxError } from '../shared/errors.js';
-import { type ControlFrame, FrameType, type OpenBody, PROTOCOL_VERSION, type ResumeBody } from '../shared/frame-codec.js';
+import { type ControlFrame, FrameType, type OpenBody, type ResumeBody } from '../shared/frame-codec.js';
+import { applyHello, buildHello, checkHello, refuseHello } from '../shared/hello.js';
 import type { Logger } from '../shared/logger.js';
 import { parseConnect } from '../shared/mqtt-connect.js';
 import { MuxStream } from '../shared/mux-stream.js';
@@ -22,7 +24,8 @@ import { EnrollmentServer } from './enrollment-server.js';
 import type { PasswordFile } from './password-file.js';
 import type { PkiStore } from './pki-store.js';
 import { Registry } from './registry.js';
-import { SqlitePersistence } from './sqlite-persistence.js';
+import { type OfflineQueueLimits, SqlitePersistence } from './sqlite-persistence.js';
+import type { SubscriptionLimitOptions } from './subscription-limits.js';
 import { Namespaces, type NamespaceRule, type Route, Router } from './routes.js';
 
 export interface HubOptions {
@@ -50,6 +53,16 @@ export interface HubOptions {
   resumeGraceMs: number;
   /** Per device: bytes the broker may queue for a device that does not read before it is cut off. */
   maxQueuedBytes: number;
+  /** Longest client ID a device or application may use; HUB_DEFAULTS.maxClientIdLength when absent. */
+  maxClientIdLength?: number;
+  /** Devices one agent identity may hold at once; HUB_DEFAULTS.maxDevicesPerAgent when absent. */
+  maxDevicesPerAgent?: number;
+  /** Registry rows not seen for this long are deleted; HUB_DEFAULTS.registryExpireAfterDays when absent. */
+  registryExpireAfterMs?: number;
+  /** Topic filters per client of the embedded broker, their length and depth; DEFAULT_SUBSCRIPTION_LIMITS when absent. */
+  subscriptionLimits?: SubscriptionLimitOptions;
+  /** Per session of the embedded broker that is not connected: messages and bytes it may have queued. */
+  offlineQueue?: OfflineQueueLimits;
   /** Which broker each device goes to; without routes every device uses the embedded broker. */
   routes?: Route[];
   /** Which client IDs each agent may speak for; without rules, any. */
@@ -80,6 +93,18 @@ export interface HubStats {
   /** Device bytes the broker links hold: dialling, or waiting for a congested broker. */
   brokerHeldBytes: number;
   droppedQos0: number;
+  /** Deliveries dropped (and acknowledged to the broker) because a device could not receive them: too large. */
+  droppedOversized: number;
+  /** Messages not queued for an embedded-broker session that was away, because its queue was full. */
+  offlineDropped: number;
+  /** Messages queued in the embedded broker for sessions (those away, and those in flight). */
+  offlineQueued: number;
+  /** Topic filters refused with SUBACK 0x80 for a subscription limit. */
+  subscriptionsRefused: number;
+  /** Clients the embedded broker closed for a packet it refuses. */
+  brokerClientErrors: number;
+  /** Devices refused because their agent held maxDevicesPerAgent. */
+  agentDeviceLimitRefused: number;
   /** Tunnels refused since start because another instance of the agent held the identity. */
   refusedTunnels: number;
   /** Tunnel connections open that have not (yet) been accepted with HELLO. */
@@ -127,7 +152,13 @@ export class CloudHub {
   private router: Router;
   private namespaces: Namespaces;
   private droppedQos0OfClosedSessions = 0;
+  private droppedOversizedOfClosedSessions = 0;
   private readonly sessionsByClientId = new Map<string, DeviceSession>();
+  /** Client IDs each agent identity holds sessions for, across its workers. */
+  private readonly devicesByAgent = new Map<string, Set<string>>();
+  /** Agents at their device limit, so it is logged once each time it is reached. */
+  private readonly agentsAtDeviceLimit = new Set<string>();
+  private agentDeviceLimitRefused = 0;
   /** Without a registry: every client ID a device has used on this hub, which no application may take. */
   private readonly deviceClientIds = new Set<string>();
   private readonly reportedTraffic = new WeakMap<DeviceSession, DeviceSession['traffic']>();
@@ -191,6 +222,9 @@ export class CloudHub {
     registry?.on('flushRecovered', (failures) => {
       options.log.info({ failures, pendingRows: registry.stats.pendingRows }, 'registry flush succeeded again');
     });
+    registry?.on('expired', (agents, devices) => {
+      options.log.info({ agents, devices, reason: 'not seen for registry.expireAfterDays' }, 'registry rows expired');
+    });
   }
 
   static async start(options: HubOptions): Promise<CloudHub> {
@@ -202,9 +236,23 @@ export class CloudHub {
     if (anonymous.allow && !isLoopbackHost(options.appHost)) {
       options.log.warn({ app: { host: options.appHost, port: options.appPort } }, 'application port open without credentials to anyone who reaches it');
     }
-    const persistence = options.statePath !== undefined ? new SqlitePersistence({ path: options.statePath }) : undefined;
+    // Without a state file SQLite keeps the broker's state in memory, so that
+    // the bounds on offline queues hold there too.
+    const persistence = new SqlitePersistence({
+      path: options.statePath ?? ':memory:',
+      offlineQueue: options.offlineQueue,
+      onQueueFull: (clientId, queued) => {
+        options.log.warn(
+          { clientId, queuedMessages: queued.messages, queuedBytes: queued.bytes, reason: 'offline queue full (offlineQueue.maxMessages or maxBytes)' },
+          'dropping new messages for a session that is away',
+        );
+      },
+    });
     // Before the app port opens, so an application is checked against devices known from earlier runs.
-    const registry = persistence !== undefined ? new Registry(persistence.db) : null;
+    const registry =
+      options.statePath !== undefined
+        ? new Registry(persistence.db, { expireAfterMs: options.registryExpireAfterMs ?? HUB_DEFAULTS.registryExpireAfterDays * 24 * 3600 * 1000 })
+        : null;
     let hub: CloudHub | null = null;
     const appAccess = new AppAccess({
       passwords,
@@ -216,6 +264,8 @@ export class CloudHub {
       appPort: options.appPort,
       appAccess,
       appMaxPacketSize: options.appMaxPacketSize ?? options.maxPacketSize,
+      maxClientIdLength: options.maxClientIdLength ?? HUB_DEFAULTS.maxClientIdLength,
+      subscriptionLimits: options.subscriptionLimits,
       persistence,
       log: options.log,
     });
@@ -236,6 +286,7 @@ export class CloudHub {
       });
     });
     hub = new CloudHub(options, embedded, tunnelServer, registry);
+    hub.logNamespacePolicy();
     options.log.info({ tunnel: hub.tunnelAddress, app: hub.appAddress }, 'hub listening');
     return hub;
   }
@@ -260,12 +311,14 @@ export class CloudHub {
     let replayBytes = 0;
     let brokerHeldBytes = 0;
     let droppedQos0 = this.droppedQos0OfClosedSessions;
+    let droppedOversized = this.droppedOversizedOfClosedSessions;
     for (const session of this.sessions) {
       if (session.state === 'detached') detached++;
       queuedBytes += session.queuedBytes;
       replayBytes += session.stream.replayBytes;
       brokerHeldBytes += session.link?.heldBytes ?? 0;
       droppedQos0 += session.droppedQos0;
+      droppedOversized += session.droppedOversized;
     }
     const agents = new Set<string>();
     for (const record of this.agents.values()) if (record.tunnels.size > 0) agents.add(record.agentId);
@@ -278,6 +331,12 @@ export class CloudHub {
       replayBytes,
       brokerHeldBytes,
       droppedQos0,
+      droppedOversized,
+      offlineDropped: this.embedded.persistence?.stats.offlineDropped ?? 0,
+      offlineQueued: this.embedded.persistence?.stats.queuedMessages ?? 0,
+      subscriptionsRefused: this.embedded.subscriptionLimits.refused,
+      brokerClientErrors: this.embedded.stats.clientErrors,
+      agentDeviceLimitRefused: this.agentDeviceLimitRefused,
       refusedTunnels: this.refusedTunnels,
       unauthenticated: this.unauthenticated,
       handshakeTimeouts: this.handshakeTimeouts,
@@ -329,6 +388,23 @@ export class CloudHub {
   /** Namespace rules for devices that connect from now on; connected devices were checked on their CONNECT and stay. */
   replaceNamespaces(rules: NamespaceRule[]): void {
     this.namespaces = new Namespaces(rules);
+    this.logNamespacePolicy();
+  }
+
+  /**
+   * Hubs from before namespaces were required let any agent use any client
+   * ID; their operators learn here, once, why devices are refused now.
+   */
+  private logNamespacePolicy(): void {
+    const policy = this.namespaces.describe();
+    if (this.namespaces.byDefault) {
+      this.options.log.warn(
+        { policy, allowAll: { namespaces: [{ agentId: '*', clientIds: ['*'] }] } },
+        'client ID namespaces: the default per agent; configure namespaces (allowAll lets every agent use every ID, as hubs before did)',
+      );
+    } else {
+      this.options.log.info({ policy, namespaces: this.namespaces.configured }, 'client ID namespaces');
+    }
   }
 
   /** Certificate, key and agent CA for tunnels that connect from now on; tunnels already up keep their session. */
@@ -393,6 +469,23 @@ export class CloudHub {
     }
     socket.setNoDelay(true);
     const fingerprint = (socket.getPeerCertificate().fingerprint256 ?? '').replaceAll(':', '').toLowerCase();
+    this.runTunnel(socket, agentId, fingerprint, log);
+  }
+
+  /**
+   * Serves a tunnel over a connection whose peer was authenticated outside
+   * the hub's TLS listener, as agent `agentId`: an in-memory pair in the
+   * protocol conformance tests, a transport terminated elsewhere. Everything
+   * from HELLO on is as for a tunnel on the tunnel port, and the connection
+   * counts as unauthenticated until its HELLO is accepted.
+   */
+  acceptAuthenticatedConnection(socket: Duplex, agentId: string, fingerprint = ''): void {
+    this.tunnelConnections++;
+    socket.once('close', () => this.tunnelConnections--);
+    this.runTunnel(socket, agentId, fingerprint, this.options.log.child({ agentId }));
+  }
+
+  private runTunnel(socket: Duplex, agentId: string, fingerprint: string, log: Logger): void {
     const tunnel = new Tunnel(socket, {
       maxFramePayload: this.options.maxPacketSize,
       heartbeatMs: this.options.heartbeatMs,
@@ -412,12 +505,12 @@ export class CloudHub {
           return;
         }
         clearTimeout(helloTimer);
-        if (frame.body.version !== PROTOCOL_VERSION || frame.body.role !== 'agent') {
-          log.warn({ reason: `HELLO version ${frame.body.version} role ${frame.body.role}` }, 'tunnel refused');
-          tunnel.close(`unsupported protocol version ${frame.body.version} or role ${frame.body.role}`);
+        const check = checkHello(frame.body, 'agent');
+        if (!check.accepted) {
+          log.warn({ helloId: frame.body.id, version: frame.body.version, role: frame.body.role, reason: check.reason }, 'tunnel refused');
+          refuseHello(tunnel, check);
           return;
         }
-        tunnel.peerMaxFramePayload = frame.body.maxFramePayload;
         const admitted = this.registerAgent(agentId, frame.body.worker ?? 0, frame.body.instance, log);
         if (typeof admitted === 'string') {
           this.refusedTunnels++;
@@ -426,23 +519,21 @@ export class CloudHub {
           void tunnel.goodbye('identity-in-use', admitted);
           return;
         }
+        applyHello(tunnel, frame.body, check.capabilities);
         record = admitted;
         record.tunnels.add(tunnel);
         this.helloTunnels++;
         this.registry?.agentConnected(agentId, fingerprint, record.tunnels.size);
-        tunnel.send({
-          type: FrameType.HELLO,
-          streamId: 0,
-          body: {
-            version: PROTOCOL_VERSION,
+        tunnel.send(
+          buildHello({
             role: 'hub',
             id: this.options.hubId,
             heartbeatMs: this.options.heartbeatMs,
             streamWindow: this.options.streamWindow,
             maxFramePayload: this.options.maxPacketSize,
             instance: this.options.hubId,
-          },
-        });
+          }),
+        );
         log.info('agent tunnel up');
         return;
       }
@@ -454,7 +545,8 @@ export class CloudHub {
       this.onStreamControl(tunnel, record, frame, log);
     });
     tunnel.on('goodbye', (body) => {
-      if (record === null) return;
+      // An agent refusing our HELLO's version gives up this tunnel, not its sessions.
+      if (record === null || body.code === 'unsupported-version') return;
       log.info({ code: body.code, reason: body.reason, sessions: record.streams.size }, 'agent said goodbye; ending its sessions');
       record.departed = true;
       // Detached sessions have no tunnel left to end them; the attached ones end with their tunnel (below).
@@ -552,15 +644,23 @@ export class CloudHub {
       maxQueuedBytes: this.options.maxQueuedBytes,
       log,
       admit: (admitted, connect) => this.admitSession(admitted, record, open, connect, log),
+      onAdmitted: (admitted) => {
+        // Only a device the broker accepted is recorded: refused client IDs would grow the registry without bound.
+        if (this.sessionsByClientId.get(admitted.clientId) !== admitted) return;
+        this.registry?.deviceConnected(admitted.clientId, record.agentId);
+        if (this.registry === null) this.deviceClientIds.add(admitted.clientId);
+      },
       onClosed: (closed) => {
         this.sessions.delete(closed);
         this.reportSessionTraffic(closed);
         // After a takeover the newer session owns the client ID.
         if (this.sessionsByClientId.get(closed.clientId) === closed) {
           this.sessionsByClientId.delete(closed.clientId);
-          this.registry?.deviceDisconnected(closed.clientId);
+          this.releaseDevice(closed.agentId, closed.clientId);
+          if (closed.admitted) this.registry?.deviceDisconnected(closed.clientId);
         }
         this.droppedQos0OfClosedSessions += closed.droppedQos0;
+        this.droppedOversizedOfClosedSessions += closed.droppedOversized;
         if (record.streams.get(streamId) === closed.stream) record.streams.delete(streamId);
         this.pruneAgent(record);
       },
@@ -602,8 +702,14 @@ export class CloudHub {
       refuse('empty client ID in CONNECT (the agent assigns one)', clientId, refusalConnack(version, 'identifier-rejected'));
       return;
     }
+    const maxClientIdLength = this.options.maxClientIdLength ?? HUB_DEFAULTS.maxClientIdLength;
+    if (clientId.length > maxClientIdLength) {
+      refuse(`client ID of ${clientId.length} characters is longer than maxClientIdLength (${maxClientIdLength})`, clientId.slice(0, 64), refusalConnack(version, 'identifier-rejected'));
+      return;
+    }
     if (!this.namespaces.allows(record.agentId, clientId)) {
-      refuse(`client ID outside the namespace of agent ${record.agentId}`, clientId, notAuthorized);
+      const rule = this.namespaces.byDefault ? ` (no namespaces configured: agent ${record.agentId} may use "${record.agentId}:*")` : '';
+      refuse(`client ID outside the namespace of agent ${record.agentId}${rule}`, clientId, notAuthorized);
       return;
     }
     const backend = this.router.backendFor({ clientId, username, agentId: record.agentId });
@@ -611,9 +717,13 @@ export class CloudHub {
       refuse('MQTT 5 on the embedded 3.1.1 broker', clientId, refusalConnack(version, 'unsupported-protocol'));
       return;
     }
+    if (!this.holdDevice(record.agentId, clientId, log)) {
+      refuse(`agent ${record.agentId} holds maxDevicesPerAgent devices`, clientId, refusalConnack(version, 'quota-exceeded'));
+      return;
+    }
+    const previous = this.sessionsByClientId.get(clientId);
+    if (previous !== undefined && previous.agentId !== record.agentId) this.releaseDevice(previous.agentId, clientId);
     this.sessionsByClientId.set(clientId, session);
-    this.registry?.deviceConnected(clientId, record.agentId);
-    if (this.registry === null) this.deviceClientIds.add(clientId);
     if (backend.kind === 'embedded') {
       session.connectBroker(connect, (owner) => {
         const pipe = new BrokerPipe(owner);
@@ -623,6 +733,34 @@ export class CloudHub {
     } else {
       session.connectBroker(connect, (owner) => backend.group.connect(owner));
     }
+  }
+
+  /** Counts `clientId` against the agent's device limit; false when the agent is at it (a takeover within the agent is no new device). */
+  private holdDevice(agentId: string, clientId: string, log: Logger): boolean {
+    let held = this.devicesByAgent.get(agentId);
+    if (held === undefined) {
+      held = new Set();
+      this.devicesByAgent.set(agentId, held);
+    }
+    if (held.has(clientId)) return true;
+    const limit = this.options.maxDevicesPerAgent ?? HUB_DEFAULTS.maxDevicesPerAgent;
+    if (held.size >= limit) {
+      this.agentDeviceLimitRefused++;
+      if (!this.agentsAtDeviceLimit.has(agentId)) {
+        this.agentsAtDeviceLimit.add(agentId);
+        log.warn({ devices: held.size, limit, reason: 'maxDevicesPerAgent reached' }, 'refusing new devices of this agent');
+      }
+      return false;
+    }
+    held.add(clientId);
+    return true;
+  }
+
+  private releaseDevice(agentId: string, clientId: string): void {
+    const held = this.devicesByAgent.get(agentId);
+    if (held === undefined || !held.delete(clientId)) return;
+    this.agentsAtDeviceLimit.delete(agentId);
+    if (held.size === 0) this.devicesByAgent.delete(agentId);
   }
 
   private resumeSession(tunnel: Tunnel, record: AgentRecord, streamId: number, resume: ResumeBody, log: Logger): void {
@@ -655,7 +793,7 @@ export class CloudHub {
   }
 
   private reportSessionTraffic(session: DeviceSession): void {
-    if (this.registry === null) return;
+    if (this.registry === null || !session.admitted) return;
     const now = session.traffic;
     const last = this.reportedTraffic.get(session) ?? { bytesToBroker: 0, packetsToBroker: 0, bytesToDevice: 0, packetsToDevice: 0 };
     if (now.packetsToBroker === last.packetsToBroker && now.packetsToDevice === last.packetsToDevice) return;

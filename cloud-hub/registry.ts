@@ -20,6 +20,7 @@
 import { EventEmitter } from 'node:events';
 import { EdgemuxError } from '../shared/errors.js';
 import Database from 'better-sqlite3';
+import { openStateFile } from './sqlite-file.js';
 
 export interface AgentRow {
   agent_id: string;
@@ -47,6 +48,8 @@ export interface DeviceRow {
 
 export interface RegistryOptions {
   flushIntervalMs?: number;
+  /** Devices and agents not seen (connect, disconnect, traffic) for this long are deleted, hourly and at start. Never, when absent. */
+  expireAfterMs?: number;
   /** Agents and devices with unwritten changes, at most; see `RegistryStats.droppedChanges`. */
   maxPendingRows?: number;
   now?: () => number;
@@ -63,6 +66,8 @@ export interface RegistryStats {
   pendingRows: number;
   /** Changes not kept because `maxPendingRows` were already pending. */
   droppedChanges: number;
+  /** Agent and device rows deleted for not being seen within `expireAfterMs`. */
+  expiredRows: number;
 }
 
 export type RegistryErrorCode = 'E_REGISTRY_CLOSED' | 'E_REGISTRY_FLUSH';
@@ -79,9 +84,12 @@ export interface RegistryEvents {
   flushFailed: [error: RegistryError, failures: number];
   /** A flush succeeded after `failures` consecutive failed ones. */
   flushRecovered: [failures: number];
+  /** Rows deleted for not being seen within `expireAfterMs`. */
+  expired: [agents: number, devices: number];
 }
 
 export const DEFAULT_REGISTRY_FLUSH_INTERVAL_MS = 1000;
+const EXPIRE_INTERVAL_MS = 3600_000;
 /** About 200 bytes each: a registry kept off disk holds at most ~20 MB. */
 export const DEFAULT_REGISTRY_MAX_PENDING_ROWS = 100_000;
 
@@ -148,6 +156,10 @@ export class Registry extends EventEmitter<RegistryEvents> {
   readonly #now: () => number;
   readonly #maxPendingRows: number;
   readonly #timer: NodeJS.Timeout;
+  readonly #expireTimer: NodeJS.Timeout | null;
+  readonly #expireAfterMs: number | undefined;
+  readonly #deleteExpired: (before: number) => { agents: number; devices: number };
+  #expiredRows = 0;
   readonly #agentChanges = new Map<string, AgentChange>();
   readonly #deviceChanges = new Map<string, DeviceChange>();
   readonly #upsertAgent: Database.Statement<[AgentChange]>;
@@ -170,7 +182,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
       this.db = db;
       this.#ownsDb = false;
     } else {
-      this.db = new Database(db.path);
+      this.db = openStateFile(db.path);
       this.#ownsDb = true;
       this.db.pragma('journal_mode = WAL');
       this.db.pragma('synchronous = NORMAL');
@@ -207,8 +219,51 @@ export class Registry extends EventEmitter<RegistryEvents> {
       for (const change of this.#deviceChanges.values()) this.#upsertDevice.run(deviceParams(change, at));
     });
 
+    // By last_seen alone: a hub that stopped without writing its disconnects
+    // leaves rows that look connected forever. A device still connected but
+    // silent that long gets its row back with its next change; meanwhile its
+    // live session keeps its client ID from applications.
+    const deleteDevices = this.db.prepare<[number]>('DELETE FROM devices WHERE last_seen < ?');
+    const deleteAgents = this.db.prepare<[number]>('DELETE FROM agents WHERE last_seen < ?');
+    this.#deleteExpired = this.db.transaction((before: number) => ({
+      agents: deleteAgents.run(before).changes,
+      devices: deleteDevices.run(before).changes,
+    }));
+
     this.#timer = setInterval(() => this.#flushOnTimer(), options.flushIntervalMs ?? DEFAULT_REGISTRY_FLUSH_INTERVAL_MS);
     this.#timer.unref();
+    this.#expireAfterMs = options.expireAfterMs;
+    this.#expireTimer = null;
+    if (this.#expireAfterMs !== undefined) {
+      this.#expireTimer = setInterval(() => this.#expireOnTimer(), EXPIRE_INTERVAL_MS);
+      this.#expireTimer.unref();
+      // Listeners are attached after construction: the first pass waits for them.
+      setImmediate(() => this.#expireOnTimer());
+    }
+  }
+
+  /**
+   * Deletes devices and agents last seen more than `expireAfterMs` ago,
+   * after writing pending changes (a row about to be touched is not
+   * expired). Returns how many of each went.
+   */
+  expire(): { agents: number; devices: number } {
+    this.#assertOpen();
+    if (this.#expireAfterMs === undefined) return { agents: 0, devices: 0 };
+    this.flush();
+    const deleted = this.#deleteExpired(this.#now() - this.#expireAfterMs);
+    this.#expiredRows += deleted.agents + deleted.devices;
+    if (deleted.agents + deleted.devices > 0) this.emit('expired', deleted.agents, deleted.devices);
+    return deleted;
+  }
+
+  #expireOnTimer(): void {
+    if (this.#closed) return;
+    try {
+      this.expire();
+    } catch {
+      // A failing disk is reported by the flush timer; expiry waits for the next turn.
+    }
   }
 
   get stats(): RegistryStats {
@@ -218,6 +273,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
       flushFailures: this.#flushFailures,
       pendingRows: this.#pendingRows(),
       droppedChanges: this.#droppedChanges,
+      expiredRows: this.#expiredRows,
     };
   }
 
@@ -296,6 +352,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   close(): void {
     if (this.#closed) return;
     clearInterval(this.#timer);
+    if (this.#expireTimer !== null) clearInterval(this.#expireTimer);
     try {
       this.flush();
     } finally {

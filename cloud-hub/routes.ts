@@ -70,21 +70,44 @@ export interface NamespaceRule {
   clientIds: string[];
 }
 
+/** Separates an agent's ID from a device's name in the default namespace: `<agentId>:<name>`. */
+export const DEFAULT_NAMESPACE_SEPARATOR = ':';
+
+/** The rule that lets every agent speak for every client ID; configured only on purpose. */
+export const OPEN_NAMESPACES: NamespaceRule[] = [{ agentId: '*', clientIds: ['*'] }];
+
 /**
  * An agent can only speak for client IDs in its own namespace. Without rules
- * every agent may use any client ID; with rules, an ID is allowed when a rule
- * for the agent allows it, and IDs of the exact form the agent assigns
+ * each agent's namespace is `<agentId>:*`: without a policy no agent may take
+ * over another's devices. ':' rather than '-' so that one agent's namespace
+ * never contains another's (`site` and `site-2`), and rather than '/' so that
+ * an ID used in a topic adds no topic level; agent IDs cannot contain it (the
+ * agent's own configuration refuses it). With rules, an ID is allowed when a
+ * rule for the agent allows it. IDs of the exact form the agent assigns
  * (shared/assigned-client-id.ts) are always its own.
  */
 export class Namespaces {
   private readonly rules: { agent: RegExp; clientIds: RegExp[] }[];
+  /** No rules were configured: the default per-agent namespace applies. */
+  readonly byDefault: boolean;
 
-  constructor(rules: NamespaceRule[]) {
-    this.rules = rules.map((rule) => ({ agent: globToRegExp(rule.agentId), clientIds: rule.clientIds.map(globToRegExp) }));
+  constructor(readonly configured: NamespaceRule[]) {
+    this.rules = configured.map((rule) => ({ agent: globToRegExp(rule.agentId), clientIds: rule.clientIds.map(globToRegExp) }));
+    this.byDefault = configured.length === 0;
   }
 
   allows(agentId: string, clientId: string): boolean {
-    if (this.rules.length === 0 || isAssignedBy(agentId, clientId)) return true;
+    if (isAssignedBy(agentId, clientId)) return true;
+    if (this.byDefault) return clientId.length > agentId.length + 1 && clientId.startsWith(agentId + DEFAULT_NAMESPACE_SEPARATOR);
     return this.rules.some((rule) => rule.agent.test(agentId) && rule.clientIds.some((pattern) => pattern.test(clientId)));
+  }
+
+  /** The policy in effect, for the log line that states it. */
+  describe(): string {
+    if (this.byDefault) {
+      return `no namespaces configured: each agent may use only client IDs "<agentId>${DEFAULT_NAMESPACE_SEPARATOR}*" and those it assigns`;
+    }
+    const open = this.configured.some((rule) => rule.agentId === '*' && rule.clientIds.includes('*'));
+    return open ? 'namespaces allow every agent every client ID' : `${this.configured.length} namespace rules`;
   }
 }

@@ -28,6 +28,8 @@ import { EdgemuxError } from '../shared/errors.js';
 import { Readable } from 'node:stream';
 import Database from 'better-sqlite3';
 import { Packr } from 'msgpackr';
+import { openStateFile } from './sqlite-file.js';
+import { REFUSED_SUBSCRIPTION } from './subscription-limits.js';
 
 const require = createRequire(import.meta.url);
 
@@ -102,16 +104,44 @@ export interface BrokerIdentity {
   id: string;
 }
 
-export type SqlitePersistenceOptions =
+/**
+ * How much one session that is not connected may have queued. Without a
+ * bound a publisher could make the hub (and its file) grow by whatever it
+ * sends to a device that never comes back.
+ */
+export interface OfflineQueueLimits {
+  maxMessages: number;
+  /** Bytes as stored, each queued message counted whole for every session it waits for. */
+  maxBytes: number;
+}
+
+/** Mosquitto's max_queued_messages default; 1000 messages of the default 1 MiB packets would be 1 GiB, hence bytes too. */
+export const DEFAULT_OFFLINE_QUEUE: OfflineQueueLimits = { maxMessages: 1000, maxBytes: 16 * 1024 * 1024 };
+
+export type SqlitePersistenceOptions = (
   | { path: string; synchronous?: 'NORMAL' | 'FULL' }
   /** Share a connection (e.g. with the Registry); its owner sets pragmas and closes it. */
-  | { db: Database.Database };
+  | { db: Database.Database }
+) & {
+  offlineQueue?: OfflineQueueLimits;
+  /** A session's offline queue became full: messages for it are dropped until it shrinks. Called once per such episode. */
+  onQueueFull?: (clientId: string, queued: QueueSize) => void;
+};
+
+export interface QueueSize {
+  messages: number;
+  bytes: number;
+}
 
 export interface PersistenceStats {
   /** Committed batch transactions. */
   transactions: number;
   /** Jobs (API calls touching SQLite) those transactions carried. */
   operations: number;
+  /** Messages not queued for a session that was away because its queue was full. */
+  offlineDropped: number;
+  /** Messages queued for all sessions. */
+  queuedMessages: number;
 }
 
 interface Job {
@@ -221,6 +251,11 @@ function prepareStatements(db: Database.Database) {
        WHERE id = ? AND NOT EXISTS (SELECT 1 FROM aedes_outgoing WHERE packet_id = ?)`,
     ),
     maxOutgoingSeq: db.prepare<[], { seq: number | null }>('SELECT MAX(seq) AS seq FROM aedes_outgoing'),
+    queueSizes: db.prepare<[], { client_id: string; messages: number; bytes: number }>(
+      `SELECT q.client_id, count(*) AS messages, sum(length(p.packet)) AS bytes
+       FROM aedes_outgoing q JOIN aedes_outgoing_packets p ON p.id = q.packet_id GROUP BY q.client_id`,
+    ),
+    outgoingPacketBytes: db.prepare<[number], { bytes: number }>('SELECT length(packet) AS bytes FROM aedes_outgoing_packets WHERE id = ?'),
     outgoingPage: db.prepare<[string, number, number, number], OutgoingRow>(
       `SELECT q.seq, q.message_id, q.packet_id, p.packet
        FROM aedes_outgoing q JOIN aedes_outgoing_packets p ON p.id = q.packet_id
@@ -293,13 +328,21 @@ export class SqlitePersistence {
   #closed = false;
   #transactions = 0;
   #operations = 0;
+  readonly #limits: OfflineQueueLimits;
+  readonly #onQueueFull: ((clientId: string, queued: QueueSize) => void) | undefined;
+  /** Per session, what its queue holds (committed or about to be), so a limit is decided without a query. */
+  readonly #queues = new Map<string, QueueSize>();
+  /** Sessions dropping messages now: told once, until their queue shrinks. */
+  readonly #full = new Set<string>();
+  #offlineDropped = 0;
+  #queuedMessages = 0;
 
   constructor(options: SqlitePersistenceOptions) {
     if ('db' in options) {
       this.db = options.db;
       this.#ownsDb = false;
     } else {
-      this.db = new Database(options.path);
+      this.db = openStateFile(options.path);
       this.#ownsDb = true;
       this.db.pragma('journal_mode = WAL');
       this.db.pragma(`synchronous = ${options.synchronous ?? 'NORMAL'}`);
@@ -319,6 +362,12 @@ export class SqlitePersistence {
       }
     });
     this.#nextSeq = (this.#sql.maxOutgoingSeq.get()?.seq ?? 0) + 1;
+    this.#limits = options.offlineQueue ?? DEFAULT_OFFLINE_QUEUE;
+    this.#onQueueFull = options.onQueueFull;
+    for (const row of this.#sql.queueSizes.iterate()) {
+      this.#queues.set(row.client_id, { messages: row.messages, bytes: row.bytes });
+      this.#queuedMessages += row.messages;
+    }
     for (const row of this.#sql.allSubscriptions.iterate()) {
       const record = this.#packr.unpack(row.options) as SubscriptionRecord;
       this.#applySubscription(row.client_id, { topic: row.topic, ...record });
@@ -330,7 +379,12 @@ export class SqlitePersistence {
   }
 
   get stats(): PersistenceStats {
-    return { transactions: this.#transactions, operations: this.#operations };
+    return {
+      transactions: this.#transactions,
+      operations: this.#operations,
+      offlineDropped: this.#offlineDropped,
+      queuedMessages: this.#queuedMessages,
+    };
   }
 
   async setup(broker: BrokerIdentity): Promise<void> {
@@ -390,6 +444,8 @@ export class SqlitePersistence {
   addSubscriptions(client: PersistenceClient, subs: SubscriptionRequest[]): Promise<void> {
     const writes: Array<[string, Buffer]> = [];
     for (const sub of subs) {
+      // aedes stores a SUBSCRIBE's every filter, those its authorizeSubscribe refused too.
+      if ((sub as { [REFUSED_SUBSCRIPTION]?: true })[REFUSED_SUBSCRIPTION]) continue;
       const record = this.#applySubscription(client.id, sub);
       writes.push([sub.topic, this.#pack(record)]);
     }
@@ -472,11 +528,13 @@ export class SqlitePersistence {
     return this.outgoingEnqueueCombi([sub], packet);
   }
 
-  outgoingEnqueueCombi(subs: Array<{ clientId: string }>, packet: StoredPacket): Promise<void> {
+  outgoingEnqueueCombi(allSubs: Array<{ clientId: string }>, packet: StoredPacket): Promise<void> {
     // aedes calls this for every QoS>0 PUBLISH, also when no persistent session matches.
-    if (subs.length === 0) return Promise.resolve();
+    if (allSubs.length === 0) return Promise.resolve();
     const queued = new AedesPacket(packet);
     const blob = this.#pack(queued);
+    const subs = allSubs.filter((sub) => this.#admitToQueue(sub.clientId, blob.length));
+    if (subs.length === 0) return Promise.resolve();
     const brokerId = queued.brokerId ?? null;
     const brokerCounter = queued.brokerCounter ?? null;
     // Sequence numbers are taken now, so a stream opened after this call includes the packet.
@@ -512,6 +570,7 @@ export class SqlitePersistence {
       if (sameOrigin && (!sameId || sameOrigin.seq < sameId.seq)) {
         this.#sql.setOutgoingMessageId.run(messageId, clientId, sameOrigin.seq);
       } else if (sameId) {
+        this.#resize(clientId, 0, blob.length - (this.#sql.outgoingPacketBytes.get(sameId.packet_id)?.bytes ?? 0));
         const packetId = this.#sql.insertOutgoingPacket.run(blob).lastInsertRowid;
         this.#sql.replaceOutgoing.run(brokerId, brokerCounter, messageId, packetId, clientId, sameId.seq);
         this.#sql.collectOutgoingPacket.run(sameId.packet_id, sameId.packet_id);
@@ -532,8 +591,54 @@ export class SqlitePersistence {
       if (!row) return undefined;
       this.#sql.deleteOutgoing.run(clientId, row.seq);
       this.#sql.collectOutgoingPacket.run(row.packet_id, row.packet_id);
+      this.#resize(clientId, -1, -row.packet.length);
       return this.#outgoingPacket(row);
     });
+  }
+
+  /**
+   * Whether a message of `bytes` may join the queue of `clientId`. Only a
+   * session that is away is limited: for a connected one the queue holds
+   * messages in flight, and aedes ends a connected client whose message
+   * vanished from it. QoS 0 is never queued for a session that is away
+   * (aedes matches only QoS 1 and 2 subscriptions here), so there is nothing
+   * older to drop first: the new message is refused, as Mosquitto does.
+   */
+  #admitToQueue(clientId: string, bytes: number): boolean {
+    let queue = this.#queues.get(clientId);
+    if (queue === undefined) {
+      queue = { messages: 0, bytes: 0 };
+      this.#queues.set(clientId, queue);
+    }
+    const over = queue.messages >= this.#limits.maxMessages || queue.bytes + bytes > this.#limits.maxBytes;
+    if (over && !this.#isConnected(clientId)) {
+      this.#offlineDropped++;
+      if (queue.messages === 0) this.#queues.delete(clientId);
+      if (!this.#full.has(clientId)) {
+        this.#full.add(clientId);
+        this.#onQueueFull?.(clientId, { ...queue });
+      }
+      return false;
+    }
+    queue.messages++;
+    queue.bytes += bytes;
+    this.#queuedMessages++;
+    return true;
+  }
+
+  #resize(clientId: string, messages: number, bytes: number): void {
+    const queue = this.#queues.get(clientId);
+    if (queue === undefined) return;
+    queue.messages += messages;
+    queue.bytes += bytes;
+    this.#queuedMessages += messages;
+    if (messages < 0) this.#full.delete(clientId);
+    if (queue.messages <= 0) this.#queues.delete(clientId);
+  }
+
+  #isConnected(clientId: string): boolean {
+    const clients = (this.#broker as { clients?: Record<string, unknown> } | undefined)?.clients;
+    return clients?.[clientId] !== undefined;
   }
 
   /** The queue as it was when this was called, read page by page; packets cleared meanwhile are skipped. */

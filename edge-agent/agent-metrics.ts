@@ -26,6 +26,7 @@ export function agentMetrics(agent: EdgeAgent): Registry {
   gauge('edgemux_agent_tunnels_up', 'Tunnels to the hub that are up', () => agent.stats().tunnelsUp);
   counter('edgemux_agent_wan_connections_total', 'TLS connections opened to hubs', () => agent.stats().wanConnections);
   counter('edgemux_agent_device_disconnects_total', 'Devices closed or lost after CONNECT', () => agent.stats().deviceDisconnects);
+  counter('edgemux_agent_connects_rate_limited_total', 'CONNECTs refused because their source address connected too often', () => agent.stats().connectsRateLimited);
   counter('edgemux_agent_tunnel_bytes_in_total', 'Bytes received over tunnels', () => agent.pool.trafficTotals().bytesIn);
   counter('edgemux_agent_tunnel_bytes_out_total', 'Bytes sent over tunnels', () => agent.pool.trafficTotals().bytesOut);
   counter('edgemux_agent_tunnel_data_frames_out_total', 'DATA frames sent over tunnels', () => agent.pool.trafficTotals().dataFramesOut);

@@ -1,12 +1,14 @@
-import net, { type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { assignedIdPrefix } from '../shared/assigned-client-id.js';
 import { type CloseBody, type ControlFrame, FrameType } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import { SocketBatcher } from '../shared/socket-batcher.js';
 import type { Tunnel } from '../shared/tunnel.js';
-import type { DeviceConnect } from './connect-packet.js';
+import type { ConnectLimits, DeviceConnect } from './connect-packet.js';
+import { ConnectRate } from './connect-rate.js';
 import { DeviceConnection, type DeviceHost } from './device-connection.js';
+import { DeviceListener, type DeviceListenerOptions, type ListenerType } from './device-listeners.js';
 import { type HubAddress, TunnelPool } from './tunnel-pool.js';
 
 export type DeviceStream = MuxStream<DeviceConnection, Tunnel>;
@@ -19,6 +21,8 @@ export interface AgentOptions {
   devicePort: number;
   /** Kernel accept queue of the device port; node's own default (511) overflows in connect storms. */
   deviceBacklog?: number;
+  /** Where devices connect, over TCP, TLS or WebSocket; when absent, plain TCP on deviceHost:devicePort. */
+  listeners?: DeviceListenerOptions[];
   hubs: HubAddress[];
   tunnels: number;
   tls: { ca: string; cert: string; key: string };
@@ -32,8 +36,14 @@ export interface AgentOptions {
   resumeGraceMs: number;
   backoffInitialMs: number;
   backoffMaxMs: number;
+  /** CONNECTs per second from one (non-loopback) source address; 0 for no limit, DEFAULT_CONNECTS_PER_SECOND_PER_ADDRESS when absent. */
+  connectsPerSecondPerAddress?: number;
+  /** Longest device client ID, in characters; DEFAULT_MAX_CLIENT_ID_LENGTH when absent. */
+  maxClientIdLength?: number;
   /** Mean interval between TCP probes while a hub is unreachable (default DEFAULT_RECONNECT_PROBE_MS). */
   reconnectProbeMs?: number;
+  /** Clock of the connect rate limit; injected by tests. */
+  now?: () => number;
   /** Jitter source for reconnect delays, in [0, 1); injected by tests. */
   random?: () => number;
   log: Logger;
@@ -48,6 +58,8 @@ export interface AgentStats {
   wanConnections: number;
   /** Device connections the agent closed or lost after CONNECT. */
   deviceDisconnects: number;
+  /** CONNECTs refused because their source address connected too often. */
+  connectsRateLimited: number;
 }
 
 /** What the agent tracks of one device stream beyond its bytes. */
@@ -64,6 +76,13 @@ interface StreamState {
 }
 
 const SWEEP_INTERVAL_MS = 1000;
+/**
+ * A device in a reconnect loop tries hundreds of times a second; a site's
+ * devices each have their own address, so a legitimate one needs a handful.
+ */
+export const DEFAULT_CONNECTS_PER_SECOND_PER_ADDRESS = 200;
+/** The hub's default too (and aedes'): every ID the hub admits is kept in its registry. */
+export const DEFAULT_MAX_CLIENT_ID_LENGTH = 256;
 /** Connections the kernel queues on the device port (capped by net.core.somaxconn). */
 export const DEFAULT_DEVICE_BACKLOG = 4096;
 /** The agent's replay memory per stream stays bounded whatever window the hub grants. */
@@ -81,6 +100,8 @@ export class EdgeAgent implements DeviceHost {
   readonly log: Logger;
   readonly maxPacketSize: number;
   readonly assignedIdPrefix: string;
+  readonly connectLimits: ConnectLimits;
+  readonly connectRate: ConnectRate | null;
   deviceDisconnects = 0;
   private readonly streamStates = new Map<DeviceStream, StreamState>();
   private nextStreamId = 1;
@@ -88,13 +109,15 @@ export class EdgeAgent implements DeviceHost {
   /** Hubs (HELLO id) that said goodbye and have not come back: none of their streams can resume. */
   private readonly departedHubs = new Set<string>();
 
-  private constructor(
-    private readonly options: AgentOptions,
-    private readonly server: net.Server,
-  ) {
+  private readonly listeners: DeviceListener[] = [];
+
+  private constructor(private readonly options: AgentOptions) {
     this.log = options.log;
     this.maxPacketSize = options.maxPacketSize;
     this.assignedIdPrefix = assignedIdPrefix(options.agentId);
+    this.connectLimits = { maxClientIdLength: options.maxClientIdLength ?? DEFAULT_MAX_CLIENT_ID_LENGTH };
+    const perSecond = options.connectsPerSecondPerAddress ?? DEFAULT_CONNECTS_PER_SECOND_PER_ADDRESS;
+    this.connectRate = perSecond > 0 ? new ConnectRate(perSecond, options.now) : null;
     this.pool = new TunnelPool({
       agentId: options.agentId,
       worker: options.worker ?? 0,
@@ -119,28 +142,41 @@ export class EdgeAgent implements DeviceHost {
       this.resumeDetached();
     });
     this.pool.on('gave-up', () => this.resumeDetached());
-    server.on('connection', (socket) => this.devices.add(new DeviceConnection(socket, this)));
     this.sweep = setInterval(() => this.sweepDevices(), SWEEP_INTERVAL_MS);
     this.sweep.unref();
   }
 
   static async start(options: AgentOptions): Promise<EdgeAgent> {
-    const server = net.createServer({ noDelay: true });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ port: options.devicePort, host: options.deviceHost, backlog: options.deviceBacklog ?? DEFAULT_DEVICE_BACKLOG }, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    const agent = new EdgeAgent(options, server);
+    const agent = new EdgeAgent(options);
+    const wanted = options.listeners ?? [{ type: 'tcp', host: options.deviceHost, port: options.devicePort }];
+    try {
+      for (const listener of wanted) {
+        agent.listeners.push(
+          await DeviceListener.start(
+            { backlog: options.deviceBacklog ?? DEFAULT_DEVICE_BACKLOG, ...listener },
+            options.maxPacketSize,
+            (socket, identity) => agent.devices.add(new DeviceConnection(socket, agent, identity)),
+            options.log,
+          ),
+        );
+      }
+    } catch (err) {
+      await agent.close();
+      throw err;
+    }
     agent.pool.start();
-    options.log.info({ devices: agent.deviceAddress, hubs: options.hubs, tunnels: options.tunnels }, 'agent listening');
+    options.log.info({ devices: agent.deviceAddresses, hubs: options.hubs, tunnels: options.tunnels }, 'agent listening');
     return agent;
   }
 
+  /** The first listener's address (the plain TCP one unless `listeners` says otherwise). */
   get deviceAddress(): AddressInfo {
-    return this.server.address() as AddressInfo;
+    return this.listeners[0].address;
+  }
+
+  /** Every listener's address, in the order they were configured. */
+  get deviceAddresses(): (AddressInfo & { type: ListenerType })[] {
+    return this.listeners.map((listener) => ({ type: listener.options.type, ...listener.address }));
   }
 
   stats(): AgentStats {
@@ -155,6 +191,7 @@ export class EdgeAgent implements DeviceHost {
       tunnelsUp: this.pool.readyCount,
       wanConnections: this.pool.connectionsOpened,
       deviceDisconnects: this.deviceDisconnects,
+      connectsRateLimited: this.connectRate?.refused ?? 0,
     };
   }
 
@@ -205,11 +242,11 @@ export class EdgeAgent implements DeviceHost {
    */
   async close(): Promise<void> {
     clearInterval(this.sweep);
-    const listenerClosed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const listenersClosed = Promise.all(this.listeners.map((listener) => listener.close()));
     const devicesClosed = [...this.devices].map((device) => device.shutDown('agent shutting down'));
     await this.pool.stop('agent shutting down');
     await Promise.all(devicesClosed);
-    await listenerClosed;
+    await listenersClosed;
   }
 
   private onStreamControl(tunnel: Tunnel, frame: ControlFrame): void {

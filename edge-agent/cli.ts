@@ -18,8 +18,9 @@ const HELP = `edge-agent: carries local MQTT devices over multiplexed TLS tunnel
 Usage: edge-agent [options]
   --config FILE        YAML configuration (flags override it)
   --agent-id ID        this agent's name, the CN of its certificate (default agent-1)
-  --host HOST          address devices connect to (default 0.0.0.0)
-  --port PORT          MQTT port devices connect to (default 1883)
+  --host HOST          address devices connect to over TCP (default 0.0.0.0)
+  --port PORT          MQTT port devices connect to (default 1883); TLS and
+                       WebSocket listeners are set in the config file (listeners)
   --hub HOST:PORT      a hub tunnel address; repeat for several hubs (default 127.0.0.1:8883)
   --tunnels K          tunnels kept to the hubs (default 2)
   --workers N          processes sharing the device port, each with its own tunnels (default 1)

@@ -1,4 +1,3 @@
-import type { Socket } from 'node:net';
 import { effectiveKeepalive, parseConnack, refusalConnack, withAssignedClientId } from '../shared/connack.js';
 import { isEdgemuxError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
@@ -7,7 +6,9 @@ import { topicProblem } from '../shared/mqtt-utf8.js';
 import type { MuxStream, StreamSink } from '../shared/mux-stream.js';
 import type { SocketBatcher } from '../shared/socket-batcher.js';
 import type { Tunnel } from '../shared/tunnel.js';
-import { admitConnect, type DeviceConnect } from './connect-packet.js';
+import { admitConnect, type ConnectLimits, type DeviceConnect, type DeviceIdentity } from './connect-packet.js';
+import type { ConnectRate } from './connect-rate.js';
+import type { DeviceSocket } from './device-listeners.js';
 
 export type DeviceState = 'awaiting-connect' | 'attached' | 'draining' | 'closed';
 
@@ -17,6 +18,10 @@ export interface DeviceHost {
   readonly batcher: SocketBatcher;
   readonly maxPacketSize: number;
   readonly assignedIdPrefix: string;
+  /** Checks on a CONNECT before it is forwarded. */
+  readonly connectLimits: ConnectLimits;
+  /** CONNECTs per second from one source address; null: unlimited. */
+  readonly connectRate: ConnectRate | null;
   /** Opens a stream for the device and sends its CONNECT; null when no tunnel is up. */
   openStream(device: DeviceConnection, connect: DeviceConnect): MuxStream<DeviceConnection, Tunnel> | null;
   /** Tells the hub the stream ended; `abrupt` makes the broker publish the will. */
@@ -37,17 +42,25 @@ const DRAIN_TIMEOUT_MS = 10_000;
 const SHUTDOWN_LINGER_MS = 2_000;
 /** MQTT 5 §3.14.2.1: DISCONNECT from the server, reason code 0x8B Server shutting down, no properties. */
 const DISCONNECT_SERVER_SHUTTING_DOWN = Buffer.from([0xe0, 0x02, 0x8b, 0x00]);
+/**
+ * Processes on the agent's own box (the simulator, a local protocol
+ * converter) are not rate-limited: whoever connects from there holds the box.
+ */
+function isLoopback(address: string): boolean {
+  return address.startsWith('127.') || address === '::1' || address.startsWith('::ffff:127.');
+}
+
 /** Each socket points to its device, so one set of listeners serves every device instead of closures per device. */
 const DEVICE = Symbol('device');
-type DeviceSocket = Socket & { [DEVICE]: DeviceConnection };
+type TaggedSocket = DeviceSocket & { [DEVICE]: DeviceConnection };
 
-function onDeviceBytes(this: DeviceSocket, chunk: Buffer): void {
+function onDeviceBytes(this: TaggedSocket, chunk: Buffer): void {
   this[DEVICE].onBytes(chunk);
 }
-function onDeviceDrain(this: DeviceSocket): void {
+function onDeviceDrain(this: TaggedSocket): void {
   this[DEVICE].onDrain();
 }
-function onDeviceClose(this: DeviceSocket): void {
+function onDeviceClose(this: TaggedSocket): void {
   this[DEVICE].onSocketClosed();
 }
 function ignoreDeviceError(): void {
@@ -87,12 +100,14 @@ export class DeviceConnection implements StreamSink {
   private disconnectSeen = false;
 
   constructor(
-    readonly socket: Socket,
+    readonly socket: DeviceSocket,
     private readonly host: DeviceHost,
+    /** From the device's certificate, on listeners that name devices by it. */
+    private readonly identity: DeviceIdentity | null = null,
   ) {
     this.timerStart = Date.now();
     this.framer = new MqttFramer(host.maxPacketSize);
-    (socket as DeviceSocket)[DEVICE] = this;
+    (socket as TaggedSocket)[DEVICE] = this;
     socket.on('data', onDeviceBytes);
     socket.on('error', ignoreDeviceError);
     socket.on('close', onDeviceClose);
@@ -262,12 +277,24 @@ export class DeviceConnection implements StreamSink {
   }
 
   private onConnect(packet: Buffer): void {
-    const verdict = admitConnect(packet, this.host.assignedIdPrefix);
+    const verdict = admitConnect(packet, this.host.assignedIdPrefix, this.host.connectLimits, this.identity);
     if (!verdict.ok) {
       this.refuse(verdict.reason, verdict.connack);
       return;
     }
     const { connect } = verdict;
+    const address = this.socket.remoteAddress;
+    const rate = this.host.connectRate === null || address === undefined || isLoopback(address) ? 'admit' : this.host.connectRate.take(address);
+    if (rate !== 'admit') {
+      // Logged once per episode: the device decides how often it tries.
+      if (rate === 'refuse-first') {
+        this.host.log.warn({ clientId: connect.clientId.slice(0, 64), remote: address, reason: 'connects per second from this address over the limit' }, 'device refused');
+      }
+      this.state = 'draining';
+      this.timerStart = Date.now();
+      this.socket.end(refusalConnack(connect.protocolVersion, 'connection-rate-exceeded'));
+      return;
+    }
     this.clientId = connect.clientId;
     this.keepaliveMs = connect.keepaliveSeconds * 1000;
     this.protocolVersion = connect.protocolVersion;
@@ -287,7 +314,7 @@ export class DeviceConnection implements StreamSink {
 
   /** Answers the CONNECT with a refusing CONNACK and waits for the device to close (the drain timeout cuts it off). */
   private refuse(reason: string, connack: Buffer): void {
-    this.host.log.info({ clientId: this.clientId, remote: this.socket.remoteAddress, reason }, 'device refused');
+    this.host.log.info({ clientId: this.clientId?.slice(0, 64), remote: this.socket.remoteAddress, reason }, 'device refused');
     this.state = 'draining';
     this.timerStart = Date.now();
     this.socket.end(connack);

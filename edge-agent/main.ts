@@ -5,7 +5,8 @@ import { ensureDevPki } from '../shared/pki.js';
 import { EdgemuxError } from '../shared/errors.js';
 import { EdgeAgent } from './agent.js';
 import { type Identity, loadIdentity } from './enrollment.js';
-import type { AgentConfig } from './config.js';
+import { type AgentConfig, DEFAULT_LISTEN, deviceListeners, type ListenerConfig } from './config.js';
+import type { DeviceListenerOptions } from './device-listeners.js';
 import type { HubAddress } from './tunnel-pool.js';
 
 /** Starts an agent from validated configuration. */
@@ -19,9 +20,11 @@ export async function startAgent(
     // An enrolled agent is whoever its certificate names; the hub goes by that name anyway.
     agentId: config.identity !== undefined ? enrolledIdentity(config.identity.dir).agentId : config.agentId,
     worker,
-    deviceHost: config.listen.host,
-    devicePort: config.listen.port,
+    deviceHost: config.listen.host ?? DEFAULT_LISTEN.host,
+    devicePort: config.listen.port ?? DEFAULT_LISTEN.port,
     deviceBacklog: config.listen.backlog,
+    listeners: deviceListeners(config).map(listenerOptions),
+    connectsPerSecondPerAddress: config.listen.connectsPerSecondPerAddress,
     hubs: hubAddresses(config),
     tunnels: config.tunnels,
     tls,
@@ -29,6 +32,7 @@ export async function startAgent(
     streamWindow: config.streamWindow,
     maxPacketSize: config.maxPacketSize,
     connectTimeoutMs: config.connectTimeoutMs,
+    maxClientIdLength: config.maxClientIdLength,
     heartbeatMs: config.heartbeatMs,
     deadAfterMs: config.deadAfterMs,
     resumeGraceMs: config.resumeGraceMs,
@@ -41,6 +45,21 @@ export async function startAgent(
 
 export function serverNameOf(config: AgentConfig): string | undefined {
   return config.tls?.serverName ?? config.identity?.serverName;
+}
+
+/** A configured listener with its PEM files read, each failure naming its key. */
+function listenerOptions(listener: ListenerConfig, index: number): DeviceListenerOptions {
+  if (listener.type === 'tcp' || listener.type === 'ws') return listener;
+  const { cert, key, ca, ...rest } = listener;
+  const at = `listeners[${index}]`;
+  return {
+    ...rest,
+    tls: {
+      cert: readPem(cert, `${at}.cert`),
+      key: readPem(key, `${at}.key`),
+      ca: ca === undefined ? undefined : readPem(ca, `${at}.ca`),
+    },
+  };
 }
 
 export function hubAddresses(config: AgentConfig): HubAddress[] {

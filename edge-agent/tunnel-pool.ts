@@ -3,7 +3,8 @@ import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import tls from 'node:tls';
 import { ReconnectPolicy } from '../shared/backoff.js';
-import { type ControlFrame, FrameType, type GoodbyeBody, PROTOCOL_VERSION } from '../shared/frame-codec.js';
+import { type ControlFrame, FrameType, type GoodbyeBody } from '../shared/frame-codec.js';
+import { applyHello, buildHello, checkHello, refuseHello } from '../shared/hello.js';
 import type { Logger } from '../shared/logger.js';
 import { certificateProblemOf, describeCertificateProblem } from '../shared/tls-failure.js';
 import { addTraffic, emptyTraffic, Tunnel, type TunnelTraffic } from '../shared/tunnel.js';
@@ -344,11 +345,8 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     });
     tunnel.on('goodbye', (body) => this.onGoodbye(slot, `${hub.host}:${hub.port}`, body, log));
     socket.once('secureConnect', () => {
-      tunnel.send({
-        type: FrameType.HELLO,
-        streamId: 0,
-        body: {
-          version: PROTOCOL_VERSION,
+      tunnel.send(
+        buildHello({
           role: 'agent',
           id: this.options.agentId,
           heartbeatMs: this.options.heartbeatMs,
@@ -356,18 +354,19 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
           maxFramePayload: this.options.maxFramePayload,
           instance: this.instance,
           worker: this.options.worker,
-        },
-      });
+        }),
+      );
     });
     tunnel.on('control', (frame) => {
       if (frame.type === FrameType.HELLO) {
         clearTimeout(helloTimer);
-        if (frame.body.version !== PROTOCOL_VERSION || frame.body.role !== 'hub') {
-          tunnel.close(`hub speaks protocol version ${frame.body.version} as ${frame.body.role}`);
+        const check = checkHello(frame.body, 'hub');
+        if (!check.accepted) {
+          log.warn({ hubId: frame.body.id, version: frame.body.version, role: frame.body.role, reason: check.reason }, 'tunnel refused: the hub HELLO does not fit');
+          refuseHello(tunnel, check);
           return;
         }
-        tunnel.peerMaxFramePayload = frame.body.maxFramePayload;
-        tunnel.peerId = frame.body.id;
+        applyHello(tunnel, frame.body, check.capabilities);
         slot.lastHubId = frame.body.id;
         slot.ready = true;
         slot.refusal = null;

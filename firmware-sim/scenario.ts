@@ -1,5 +1,6 @@
 import { mkdirSync } from 'node:fs';
 import { CloudHub } from '../cloud-hub/hub.js';
+import { OPEN_NAMESPACES } from '../cloud-hub/routes.js';
 import { EdgeAgent } from '../edge-agent/agent.js';
 import { createLogger } from '../shared/logger.js';
 import { ensureDevPki } from '../shared/pki.js';
@@ -74,6 +75,9 @@ export class Scenario {
       deadAfterMs: options.deadAfterMs,
       resumeGraceMs: options.resumeGraceMs,
       maxQueuedBytes: TUNNEL_DEFAULTS.maxQueuedBytes,
+      // The demo's devices ('sim-0', ...) and your own (`mosquitto_pub -i my-device`) are
+      // not named '<agentId>:*': its one agent may use every client ID, said explicitly.
+      namespaces: OPEN_NAMESPACES,
       log: log.child({ component: 'cloud-hub' }),
     });
     const proxy = options.chaos ? await ChaosProxy.start({ host: '127.0.0.1', port: hub.tunnelAddress.port }) : null;

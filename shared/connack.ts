@@ -1,6 +1,6 @@
 import mqttPacket, { type IConnackPacket, type Packet } from 'mqtt-packet';
 
-export type RefusalKind = 'unsupported-protocol' | 'identifier-rejected' | 'server-unavailable' | 'not-authorized';
+export type RefusalKind = 'unsupported-protocol' | 'identifier-rejected' | 'server-unavailable' | 'not-authorized' | 'quota-exceeded' | 'connection-rate-exceeded';
 
 /** Return codes of MQTT 3.1.1 §3.2.2.3 and reason codes of MQTT 5 §3.2.2.2 for each refusal. */
 const CODES: Record<RefusalKind, { v4: number; v5: number }> = {
@@ -8,6 +8,9 @@ const CODES: Record<RefusalKind, { v4: number; v5: number }> = {
   'identifier-rejected': { v4: 2, v5: 0x85 },
   'server-unavailable': { v4: 3, v5: 0x88 },
   'not-authorized': { v4: 5, v5: 0x87 },
+  // MQTT 3.1.1 has no code for a limit: server unavailable makes a client back off.
+  'quota-exceeded': { v4: 3, v5: 0x97 },
+  'connection-rate-exceeded': { v4: 3, v5: 0x9f },
 };
 
 /** A CONNACK refusing a device, in the device's own protocol version. */

@@ -47,6 +47,11 @@ export interface HelloBody {
    * hub seeing a new agent instance ends the sessions of the old one at once.
    */
   instance: string;
+  /**
+   * Features the sender supports within its major version (shared/hello.ts).
+   * Absent in HELLOs from peers that predate the list.
+   */
+  capabilities?: string[];
 }
 
 export interface OpenBody {
@@ -89,14 +94,16 @@ export interface PingBody {
 
 /**
  * Why a side says goodbye, the last frame it writes on a tunnel (protocol 10.1).
- * `shutdown`: its process is stopping gracefully. The others are sent by the hub
- * only, in place of its HELLO to refuse a tunnel, or on a ready tunnel to end
- * it: `identity-in-use`, another instance of the agent holds live tunnels;
- * `revoked`, the agent's certificate was revoked; `certificate-refused`, its
- * certificate failed a check, which `problem` names. A receiver takes a code it
- * does not know as `shutdown` on a ready tunnel, as a refusal before HELLO.
+ * `shutdown`: its process is stopping gracefully. `unsupported-version`: a side
+ * refuses a HELLO of another major version; only the tunnel ends. The others
+ * are sent by the hub only, in place of its HELLO to refuse a tunnel, or on a
+ * ready tunnel to end it: `identity-in-use`, another instance of the agent holds
+ * live tunnels; `revoked`, the agent's certificate was revoked;
+ * `certificate-refused`, its certificate failed a check, which `problem` names.
+ * A receiver takes a code it does not know as `shutdown` on a ready tunnel, as a
+ * refusal before HELLO.
  */
-export type GoodbyeCode = 'shutdown' | 'identity-in-use' | 'revoked' | 'certificate-refused';
+export type GoodbyeCode = 'shutdown' | 'identity-in-use' | 'unsupported-version' | 'revoked' | 'certificate-refused';
 
 export interface GoodbyeBody {
   code: GoodbyeCode | (string & {});
@@ -174,6 +181,10 @@ function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
+function isStringList(value: unknown): value is string[] {
+  return Array.isArray(value) && value.every((entry) => typeof entry === 'string');
+}
+
 /** 'count' is a non-negative safe integer: windows, offsets and intervals are never NaN, negative or fractional. */
 type FieldKind = 'string' | 'number' | 'boolean' | 'count';
 
@@ -225,6 +236,9 @@ export function decodeControlBody(type: number, streamId: number, payload: Buffe
   }
   if (type === FrameType.GOODBYE && body.problem !== undefined && typeof body.problem !== 'string') {
     throw new EdgemuxError('E_FRAME_MALFORMED', `GOODBYE: problem must be a string`);
+  }
+  if (type === FrameType.HELLO && body.capabilities !== undefined && !isStringList(body.capabilities)) {
+    throw new EdgemuxError('E_FRAME_MALFORMED', `HELLO: capabilities must be an array of strings`);
   }
   return { type, streamId, body } as unknown as ControlFrame;
 }

@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 
 /**
  * Gathers writes to sockets made during one turn of the event loop: a socket
@@ -6,10 +7,10 @@ import type { Socket } from 'node:net';
  * one peer leaves as one writev instead of one syscall each.
  */
 export class SocketBatcher {
-  private readonly corked = new Set<Socket>();
+  private readonly corked = new Set<Duplex>();
   private flushScheduled = false;
 
-  write(socket: Socket, bytes: Buffer): boolean {
+  write(socket: Duplex, bytes: Buffer): boolean {
     this.holdForTurn(socket);
     return socket.write(bytes);
   }
@@ -34,7 +35,7 @@ export class SocketBatcher {
     this.corked.clear();
   }
 
-  private holdForTurn(socket: Socket): void {
+  private holdForTurn(socket: Duplex): void {
     if (this.corked.has(socket)) return;
     socket.cork();
     this.corked.add(socket);

@@ -77,6 +77,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   peerMaxFramePayload: number;
   /** The peer's id from its HELLO (agent id or hub id). */
   peerId = '';
+  /** Features both sides listed in HELLO (shared/hello.ts); none until the exchange is done. */
+  capabilities: ReadonlySet<string> = new Set();
   closedReason: string | null = null;
   /** The peer's GOODBYE, once it said one: the tunnel closed because the peer is going away, not because the network failed. */
   peerGoodbye: GoodbyeBody | null = null;

@@ -52,7 +52,7 @@ describe('edge-agent on SIGHUP', () => {
     appPort = await freePort();
     hub = new CliProcess('dist/cloud-hub/cli.js', [
       '--config', file('hub.yaml'), '--tunnel-host', '127.0.0.1', '--tunnel-port', String(tunnelPort),
-      '--app-host', '127.0.0.1', '--app-port', String(appPort),
+      '--app-host', '127.0.0.1', '--app-port', String(appPort), '--open-namespaces',
     ]);
     processes.push(hub);
     await hub.waitForLog('hub listening');

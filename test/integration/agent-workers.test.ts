@@ -40,6 +40,7 @@ describe('edge-agent --workers', () => {
     const hub = run('dist/cloud-hub/cli.js', [
       '--dev-pki', join(dir, 'pki'), '--tunnel-host', '127.0.0.1', '--tunnel-port', String(tunnelPort),
       '--app-host', '127.0.0.1', '--app-port', String(appPort), '--metrics-port', String(hubMetricsPort), '--log-level', 'info',
+      '--open-namespaces',
     ]);
     children.push(hub.child);
     await eventually(() => hub.output().includes('hub listening'), 15_000, 'hub to listen');

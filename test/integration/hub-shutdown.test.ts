@@ -24,7 +24,7 @@ describe('cloud-hub stops on SIGTERM', () => {
     const stateDir = mkdtempSync(join(tmpdir(), 'edgemux-hub-stop-'));
     cleanups.push(async () => rmSync(stateDir, { recursive: true, force: true }));
     const statePath = join(stateDir, 'hub.db');
-    const hub = await HubProcess.start(['--dev-pki', pkiDir, '--state', statePath]);
+    const hub = await HubProcess.start(['--dev-pki', pkiDir, '--state', statePath, '--open-namespaces']);
     cleanups.push(() => hub.close());
 
     const agent = await EdgeAgent.start(agentOptions(pki, hub.tunnelPort));

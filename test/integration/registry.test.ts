@@ -204,3 +204,34 @@ describe('Registry', () => {
     reopened.close();
   });
 });
+
+describe('Registry expiry', () => {
+  it('deletes devices and agents not seen for expireAfterMs, on a file that a restart reads back', () => {
+    const file = freshPath();
+    const clock = manualClock();
+    const day = 24 * 3600 * 1000;
+    const registry = new Registry({ path: file }, { flushIntervalMs: 3_600_000, now: clock.now, expireAfterMs: 90 * day });
+    const expired: [number, number][] = [];
+    registry.on('expired', (agents, devices) => expired.push([agents, devices]));
+    registry.agentConnected('site-old', 'sha256:aa', 1);
+    registry.deviceConnected('dev-old', 'site-old');
+    registry.deviceDisconnected('dev-old');
+    registry.agentDisconnected('site-old', 0);
+    clock.advance(60 * day);
+    registry.agentConnected('site-new', 'sha256:bb', 1);
+    registry.deviceConnected('dev-new', 'site-new');
+    registry.deviceDisconnected('dev-new');
+    clock.advance(31 * day);
+
+    expect(registry.expire()).toEqual({ agents: 1, devices: 1 });
+    expect(expired).toEqual([[1, 1]]);
+    expect(registry.stats.expiredRows).toBe(2);
+    expect(registry.knowsDevice('dev-old')).toBe(false);
+    registry.close();
+
+    const reopened = new Registry({ path: file }, { flushIntervalMs: 3_600_000, now: clock.now });
+    expect(reopened.devices().map((row) => row.client_id)).toEqual(['dev-new']);
+    expect(reopened.agents().map((row) => row.agent_id)).toEqual(['site-new']);
+    reopened.close();
+  });
+});

@@ -5,6 +5,7 @@ import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { EdgeAgent, type AgentOptions } from '../../edge-agent/agent.js';
 import { ChaosProxy } from '../../firmware-sim/chaos-proxy.js';
 import { CloudHub, type HubOptions } from '../../cloud-hub/hub.js';
+import { OPEN_NAMESPACES } from '../../cloud-hub/routes.js';
 import { quietLogger } from '../../shared/logger.js';
 import { type DevPki, ensureDevPki } from '../../shared/pki.js';
 import { TUNNEL_DEFAULTS } from '../../shared/tunnel-defaults.js';
@@ -50,6 +51,9 @@ export function hubOptions(pki: DevPki, overrides: Partial<HubOptions> = {}): Hu
     deadAfterMs: 5000,
     resumeGraceMs: 10_000,
     maxQueuedBytes: TUNNEL_DEFAULTS.maxQueuedBytes,
+    // Tests name devices 'dev-1' behind agents 'agent-1' and 'agent-2' and move
+    // them between agents: every agent may use every client ID, said explicitly.
+    namespaces: OPEN_NAMESPACES,
     log: quietLogger('hub'),
     ...overrides,
   };

@@ -127,7 +127,7 @@ const pingFrame: fc.Arbitrary<ControlFrame> = fc
 
 const goodbyeFrame: fc.Arbitrary<ControlFrame> = fc
   .record({
-    code: fc.oneof(fc.constantFrom('shutdown', 'identity-in-use', 'revoked', 'certificate-refused'), text),
+    code: fc.oneof(fc.constantFrom('shutdown', 'identity-in-use', 'unsupported-version', 'revoked', 'certificate-refused'), text),
     reason: text,
     problem: fc.option(fc.oneof(fc.constantFrom('unknown-ca', 'expired', 'not-yet-valid', 'no-certificate', 'no-common-name', 'invalid'), text), { nil: undefined }),
   })
@@ -314,6 +314,14 @@ describe('frame codec: hostile input', () => {
     );
   });
 
+  it('rejects a HELLO whose capabilities are not an array of strings', () => {
+    const hello = VALID_BODIES[FrameType.HELLO];
+    for (const capabilities of ['goodbye', ['goodbye', 7], { goodbye: true }, null]) {
+      expect(errorCodeOf(() => decodeFrames(controlFrameWithBody(FrameType.HELLO, { ...hello, capabilities }), MAX_PAYLOAD))).toBe('E_FRAME_MALFORMED');
+    }
+    expect(decodeFrames(controlFrameWithBody(FrameType.HELLO, { ...hello, capabilities: [] }), MAX_PAYLOAD)).toHaveLength(1);
+  });
+
   it('rejects unknown frame types', () => {
     fc.assert(
       fc.property(fc.integer({ min: FrameType.GOODBYE + 1, max: 255 }), streamId, fc.uint8Array({ maxLength: 20 }), (type, id, payload) => {
@@ -337,10 +345,11 @@ describe('frame codec: hostile input', () => {
     }
   });
 
-  it('decodes GOODBYE of every code as sent: shutdown, identity, certificate refusals and a code from a newer peer', () => {
+  it('decodes GOODBYE of every code as sent: shutdown, identity, version and certificate refusals and a code from a newer peer', () => {
     const bodies = [
       { code: 'shutdown', reason: 'hub shutting down' },
       { code: 'identity-in-use', reason: 'agent-1 worker 0 is connected from another process' },
+      { code: 'unsupported-version', reason: 'hub speaks version 1 only' },
       { code: 'revoked', reason: 'certificate of agent agent-1 revoked' },
       { code: 'certificate-refused', reason: 'no certificate presented', problem: 'no-certificate' },
       { code: 'certificate-refused', reason: 'certificate expired (CERT_HAS_EXPIRED)', problem: 'expired' },
