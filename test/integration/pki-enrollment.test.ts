@@ -112,7 +112,7 @@ describe('enrollment with one-time tokens against the real binaries', () => {
     await app.subscribeAsync('enrolled/#', { qos: 1 });
     const received: string[] = [];
     app.on('message', (_topic, payload) => received.push(payload.toString()));
-    const device = await client(devicePort, 'site-a-dev-1');
+    const device = await client(devicePort, 'site-a:dev-1');
     await device.publishAsync('enrolled/hello', 'from an enrolled agent', { qos: 1 });
     await eventually(() => received.includes('from an enrolled agent'), 5000, 'the message at the application');
   });

@@ -103,7 +103,7 @@ describe('certificate rotation', () => {
     await app.subscribeAsync('rot/#', { qos: 1 });
     const received = new Set<number>();
     app.on('message', (_topic, payload) => received.add(Number(payload.toString())));
-    const device = await site.client(devicePort, 'site-rot-dev');
+    const device = await site.client(devicePort, 'site-rot:dev');
     let disconnects = 0;
     device.on('close', () => disconnects++);
 
@@ -147,7 +147,7 @@ describe('revocation', () => {
     app.on('message', (topic) => {
       if (topic === 'wills/site-rev-dev') willAt = performance.now();
     });
-    await site.client(devicePort, 'site-rev-dev', { will: { topic: 'wills/site-rev-dev', payload: Buffer.from('gone'), qos: 1, retain: false } });
+    await site.client(devicePort, 'site-rev:dev', { will: { topic: 'wills/site-rev-dev', payload: Buffer.from('gone'), qos: 1, retain: false } });
 
     const revoked = await run('dist/cloud-hub/cli.js', ['pki', 'revoke', 'site-rev', '--dir', site.pkiDir, '--reason', 'box stolen']);
     const revokedAt = performance.now();
