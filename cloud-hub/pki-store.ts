@@ -9,11 +9,11 @@
  * the single-use rule of a token is a conditional UPDATE, so two hubs (or
  * two requests) redeeming the same token cannot both succeed.
  */
-import { chmodSync, closeSync, openSync } from 'node:fs';
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { EdgemuxError } from '../shared/errors.js';
+import { openStateFile } from './sqlite-file.js';
 
 export const PKI_STORE_FILE = 'pki.sqlite';
 
@@ -99,7 +99,6 @@ const TOKEN_PATTERN = /^([0-9a-f]{16})\.([A-Za-z0-9_-]{43})$/;
 const TOKEN_KEPT_MS = 7 * 24 * 60 * 60 * 1000;
 /** The `pki` commands may find the hub writing; wait for it rather than fail. */
 const BUSY_TIMEOUT_MS = 5000;
-const STORE_MODE = 0o600;
 
 function sha256(data: string): Buffer {
   return createHash('sha256').update(data).digest();
@@ -110,10 +109,8 @@ export class PkiStore {
   private readonly now: () => number;
 
   constructor(path: string, options: { now?: () => number } = {}) {
-    // Created 0600 before SQLite opens it: the hashes are not secrets, but who enrolled when is nobody else's business.
-    closeSync(openSync(path, 'a', STORE_MODE));
-    chmodSync(path, STORE_MODE);
-    this.db = new Database(path);
+    // Owner only, its WAL too: the hashes are not secrets, but who enrolled when is nobody else's business.
+    this.db = openStateFile(path);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
     this.db.exec(SCHEMA);
