@@ -13,6 +13,9 @@ import { parseConnect } from '../shared/mqtt-connect.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import { Tunnel } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
+import { ENROLL_ALPN } from '../shared/enrollment-wire.js';
+import type { CertificateAndKey } from '../shared/pki.js';
+import { AgentGate } from './agent-gate.js';
 import { AppAccess, anonymousAccess, isLoopbackHost } from './app-access.js';
 import { BrokerPipe } from './broker-pipe.js';
 import { HUB_DEFAULTS } from './config.js';
@@ -20,7 +23,9 @@ import { DeviceSession, DISCONNECT_REASON, type SessionStream } from './device-s
 import { type EmbeddedBroker, startEmbeddedBroker } from './embedded-broker.js';
 import { ExternalBrokerLink } from './external-broker.js';
 import { HubCounters, type RefusalReason } from './hub-counters.js';
+import { EnrollmentServer } from './enrollment-server.js';
 import type { PasswordFile } from './password-file.js';
+import type { PkiStore } from './pki-store.js';
 import { Registry } from './registry.js';
 import { type OfflineQueueLimits, SqlitePersistence } from './sqlite-persistence.js';
 import type { SubscriptionLimitOptions } from './subscription-limits.js';
@@ -73,6 +78,13 @@ export interface HubOptions {
   statePath?: string;
   /** Device connect, disconnect and refusal lines: at most `burst` at once and `perSecond` after that. */
   deviceLogLimit?: { perSecond: number; burst: number };
+  /** Enrollment, renewal and revocation (docs/pki.md); without it the agent CA alone decides who connects. */
+  pki?: {
+    store: PkiStore;
+    ca: CertificateAndKey;
+    certValidityMs: number;
+    revocationPollMs?: number;
+  };
   log: Logger;
 }
 
@@ -193,6 +205,7 @@ export class CloudHub {
   private readonly draining = new Set<string>();
   private readonly deviceLog: { connected: RateLimitedLog; disconnected: RateLimitedLog; refused: RateLimitedLog; resumeRefused: RateLimitedLog };
   private readonly sweep: NodeJS.Timeout;
+  private readonly gate: AgentGate;
   private refusedTunnels = 0;
   private tunnelConnections = 0;
   private helloTunnels = 0;
@@ -200,6 +213,8 @@ export class CloudHub {
   private unauthenticatedRefused = 0;
   /** Set while connections are being refused, so the refusals are logged once, not once each. */
   private refusingUnauthenticated = false;
+  /** Connections closed on accept by the unauthenticated limit: their TLS error is the hub's own decision, already logged. */
+  private readonly refusedOnAccept = new WeakSet<Socket>();
 
   private constructor(
     private readonly options: HubOptions,
@@ -219,16 +234,27 @@ export class CloudHub {
       // After a hub restart every stream of every agent asks to resume at once.
       resumeRefused: new RateLimitedLog(options.log, { msg: 'resume refused', plural: 'refused resumes', ...limit }),
     };
+    const pki = options.pki;
+    this.gate = new AgentGate({
+      store: pki?.store,
+      enrollment: pki && new EnrollmentServer({ store: pki.store, ca: pki.ca, certValidityMs: pki.certValidityMs, log: options.log }),
+      revocationPollMs: pki?.revocationPollMs,
+      log: options.log,
+    });
+    this.gate.on('revoked', (agentId, reason) => this.endAgent(agentId, `agent revoked: ${reason}`));
     tunnelServer.on('connection', (socket) => this.admitTunnelConnection(socket));
-    tunnelServer.on('secureConnection', (socket) => this.acceptTunnel(socket));
+    tunnelServer.on('secureConnection', (socket) => {
+      if (this.gate.admit(socket)) this.acceptTunnel(socket);
+    });
     tunnelServer.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
       if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') this.handshakeTimeouts++;
-      if (err.code === 'ECONNRESET') {
-        // The peer went away (or was refused on accept, already logged): nothing was decided here.
-        options.log.debug({ remote: socket.remoteAddress, reason: err.message }, 'tunnel connection closed before the TLS handshake');
+      // node:tls keeps the accepted TCP socket as the TLS socket's _parent; it has no public accessor.
+      const raw = (socket as unknown as { _parent?: Socket })._parent;
+      if (raw !== undefined && this.refusedOnAccept.has(raw)) {
+        options.log.debug({ reason: err.message }, 'tunnel connection closed on accept');
       } else {
         this.counters.refused('tunnel-tls');
-        options.log.warn({ remote: socket.remoteAddress, reason: err.message }, 'tunnel TLS handshake refused');
+        this.gate.handshakeFailed(err, socket);
       }
       // With a tlsClientError listener Node leaves the socket open, timeouts included.
       socket.destroy();
@@ -294,8 +320,11 @@ export class CloudHub {
     });
     const tunnelServer = tls.createServer({
       ...tunnelContext(options.tls),
+      // The gate refuses what the handshake would have, but with a GOODBYE naming the failed check,
+      // and lets enrollment (no certificate yet) through under its own ALPN protocol.
       requestCert: true,
-      rejectUnauthorized: true,
+      rejectUnauthorized: false,
+      ALPNProtocols: [ENROLL_ALPN],
       handshakeTimeout: options.handshakeTimeoutMs ?? HUB_DEFAULTS.handshakeTimeoutMs,
     });
     await new Promise<void>((resolve, reject) => {
@@ -372,7 +401,9 @@ export class CloudHub {
    * Bounds what strangers can hold: every connection to the tunnel port is
    * unauthenticated until its HELLO is accepted (the TLS handshake alone
    * costs the hub memory and CPU), and past the limit new ones are closed
-   * before the handshake starts.
+   * before the handshake starts. An enrollment or renewal connection never
+   * says HELLO: it counts until it closes, its answer written, and one the
+   * gate refused counts until the agent has read its GOODBYE.
    */
   private admitTunnelConnection(socket: Socket): void {
     const limit = this.options.maxUnauthenticated ?? HUB_DEFAULTS.maxUnauthenticated;
@@ -382,6 +413,7 @@ export class CloudHub {
         this.refusingUnauthenticated = true;
         this.options.log.warn({ remote: socket.remoteAddress, limit, reason: 'too many unauthenticated tunnel connections' }, 'tunnel connections refused');
       }
+      this.refusedOnAccept.add(socket);
       socket.destroy();
       return;
     }
@@ -507,6 +539,23 @@ export class CloudHub {
   }
 
   /**
+   * Ends every session and tunnel of an agent at once, telling it why: its
+   * sessions publish their wills, and its agent closes their devices.
+   */
+  endAgent(agentId: string, reason: string): void {
+    for (const record of [...this.agents.values()]) {
+      if (record.agentId !== agentId) continue;
+      this.agents.delete(record.key);
+      for (const stream of [...record.streams.values()]) stream.sink.expire(reason);
+      record.streams.clear();
+      for (const tunnel of record.tunnels) {
+        tunnel.streams.clear();
+        void tunnel.goodbye('revoked', reason);
+      }
+    }
+  }
+
+  /**
    * A graceful stop: every session ends now (the broker publishes the wills
    * of devices that did not disconnect), then each agent tunnel says GOODBYE,
    * so agents close their devices at once instead of holding them for the
@@ -514,6 +563,7 @@ export class CloudHub {
    */
   async close(): Promise<void> {
     clearInterval(this.sweep);
+    this.gate.close();
     const serverClosed = new Promise<void>((resolve) => this.tunnelServer.close(() => resolve()));
     this.reportTraffic();
     for (const session of [...this.sessions]) session.expire('hub shutting down');
@@ -531,6 +581,7 @@ export class CloudHub {
       this.options.log.error({ reason: (err as { code?: string }).code ?? (err as Error).message }, 'registry not written at stop');
     }
     this.router.close();
+    this.options.pki?.store.close();
     await this.embedded.close();
   }
 

@@ -180,9 +180,11 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   /**
    * Says goodbye (the last frame this side sends on the tunnel) and closes.
    * Resolves once the peer has had the chance to read everything sent before.
+   * `extra.problem` names the failed certificate check of a `certificate-refused`.
    */
-  goodbye(code: GoodbyeCode, reason: string): Promise<void> {
-    this.send({ type: FrameType.GOODBYE, streamId: 0, body: { code, reason } });
+  goodbye(code: GoodbyeCode, reason: string, extra: Pick<GoodbyeBody, 'problem'> = {}): Promise<void> {
+    const body: GoodbyeBody = extra.problem !== undefined ? { code, reason, problem: extra.problem } : { code, reason };
+    this.send({ type: FrameType.GOODBYE, streamId: 0, body });
     this.close(`said goodbye (${code}): ${reason}`);
     return this.socketClosed;
   }
@@ -209,6 +211,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     const linger = setTimeout(() => this.socket.destroy(), this.options.closeLingerMs ?? TUNNEL_DEFAULTS.closeLingerMs);
     linger.unref();
     this.socket.once('close', () => clearTimeout(linger));
+    // Whatever the peer still sends is read and dropped, so its close reaches us as a FIN, not stuck behind unread bytes.
+    this.socket.resume();
     this.socket.end();
   }
 
