@@ -1,4 +1,5 @@
 import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { Aedes } from 'aedes';
 import type { IConnectPacket } from 'mqtt-packet';
@@ -19,6 +20,8 @@ import type { PasswordFile } from './password-file.js';
 import { Registry } from './registry.js';
 import { SqlitePersistence } from './sqlite-persistence.js';
 import { Namespaces, type NamespaceRule, type Route, Router } from './routes.js';
+import { ALPN_HTTP, ALPN_TUNNEL, DEFAULT_WS_PATH } from '../shared/transports/tunnel-port.js';
+import { WsTunnelListener } from './ws-tunnel-listener.js';
 
 export interface HubOptions {
   tunnelHost: string;
@@ -27,6 +30,8 @@ export interface HubOptions {
   handshakeTimeoutMs?: number;
   /** Tunnel connections allowed at once before their HELLO; HUB_DEFAULTS.maxUnauthenticated when absent. */
   maxUnauthenticated?: number;
+  /** Path of WebSocket tunnels on the tunnel port (DEFAULT_WS_PATH when absent); null takes raw TLS tunnels only. */
+  webSocketPath?: string | null;
   appHost: string;
   appPort: number;
   /** Application credentials; without them, only anonymous applications (see appAllowAnonymous). */
@@ -91,6 +96,23 @@ interface AgentRecord {
   departed: boolean;
 }
 
+/** Who is at the other end of an authenticated tunnel connection, whatever carries it. */
+export interface TunnelPeer {
+  /** The common name of the agent's certificate. */
+  agentId: string;
+  /** SHA-256 of the agent's certificate, lowercase hex. */
+  fingerprint: string;
+  remoteAddress: string | undefined;
+}
+
+/** The peer identity mutual TLS established; null when the certificate names no one. */
+export function tunnelPeer(socket: tls.TLSSocket): TunnelPeer | null {
+  const certificate = socket.getPeerCertificate();
+  const agentId = certificate.subject?.CN;
+  if (typeof agentId !== 'string' || agentId.length === 0) return null;
+  return { agentId, fingerprint: (certificate.fingerprint256 ?? '').replaceAll(':', '').toLowerCase(), remoteAddress: socket.remoteAddress };
+}
+
 const SWEEP_INTERVAL_MS = 1000;
 /** How long a stream may go without its CONNECT after OPEN (as long as a tunnel has for its HELLO). */
 const CONNECT_TIMEOUT_MS = TUNNEL_DEFAULTS.helloTimeoutMs;
@@ -99,6 +121,11 @@ const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 
 function tunnelContext(material: HubOptions['tls']): tls.SecureContextOptions {
   return { ca: material.ca, cert: material.cert, key: material.key, minVersion: 'TLSv1.3' };
+}
+
+/** An agent that offers no ALPN (older agents) gets a raw tunnel, as before ALPN was used. */
+function tunnelAlpn(options: HubOptions): string[] {
+  return options.webSocketPath === null ? [ALPN_TUNNEL] : [ALPN_TUNNEL, ALPN_HTTP];
 }
 
 function capWindow(window: number): number {
@@ -129,6 +156,7 @@ export class CloudHub {
   private unauthenticatedRefused = 0;
   /** Set while connections are being refused, so the refusals are logged once, not once each. */
   private refusingUnauthenticated = false;
+  private readonly webSockets: WsTunnelListener | null;
 
   private constructor(
     private readonly options: HubOptions,
@@ -141,7 +169,24 @@ export class CloudHub {
     this.router = new Router(options.routes ?? []);
     this.namespaces = new Namespaces(options.namespaces ?? []);
     tunnelServer.on('connection', (socket) => this.admitTunnelConnection(socket));
-    tunnelServer.on('secureConnection', (socket) => this.acceptTunnel(socket));
+    this.webSockets =
+      options.webSocketPath === null
+        ? null
+        : new WsTunnelListener({
+            path: options.webSocketPath ?? DEFAULT_WS_PATH,
+            maxFramePayload: options.maxPacketSize,
+            requestTimeoutMs: TUNNEL_DEFAULTS.helloTimeoutMs,
+            log: options.log,
+            accept: (duplex, socket) => this.acceptAuthenticated(duplex, socket),
+          });
+    tunnelServer.on('secureConnection', (socket) => {
+      if (socket.alpnProtocol === ALPN_HTTP && this.webSockets !== null) {
+        socket.setNoDelay(true);
+        this.webSockets.handle(socket);
+      } else {
+        this.acceptAuthenticated(socket, socket);
+      }
+    });
     tunnelServer.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
       if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') this.handshakeTimeouts++;
       if (err.code === 'ECONNRESET') {
@@ -197,6 +242,7 @@ export class CloudHub {
       ...tunnelContext(options.tls),
       requestCert: true,
       rejectUnauthorized: true,
+      ALPNProtocols: tunnelAlpn(options),
       handshakeTimeout: options.handshakeTimeoutMs ?? HUB_DEFAULTS.handshakeTimeoutMs,
     });
     await new Promise<void>((resolve, reject) => {
@@ -312,6 +358,7 @@ export class CloudHub {
    */
   async close(): Promise<void> {
     clearInterval(this.sweep);
+    this.webSockets?.close();
     const serverClosed = new Promise<void>((resolve) => this.tunnelServer.close(() => resolve()));
     this.reportTraffic();
     for (const session of [...this.sessions]) session.expire('hub shutting down');
@@ -332,16 +379,23 @@ export class CloudHub {
     await this.embedded.close();
   }
 
-  private acceptTunnel(socket: tls.TLSSocket): void {
-    const agentId = socket.getPeerCertificate().subject?.CN;
-    const log = this.options.log.child({ agentId, remote: socket.remoteAddress });
-    if (typeof agentId !== 'string' || agentId.length === 0) {
-      log.warn({ reason: 'certificate has no common name' }, 'tunnel refused');
-      socket.destroy();
+  /** A tunnel on `duplex` (the TLS socket itself, or a WebSocket over it) for the agent `tlsSocket` authenticated. */
+  private acceptAuthenticated(duplex: Duplex, tlsSocket: tls.TLSSocket): void {
+    const peer = tunnelPeer(tlsSocket);
+    if (peer === null) {
+      this.options.log.warn({ remote: tlsSocket.remoteAddress, reason: 'certificate has no common name' }, 'tunnel refused');
+      duplex.destroy();
+      tlsSocket.destroy();
       return;
     }
-    socket.setNoDelay(true);
-    const fingerprint = (socket.getPeerCertificate().fingerprint256 ?? '').replaceAll(':', '').toLowerCase();
+    tlsSocket.setNoDelay(true);
+    this.acceptTunnel(duplex, peer);
+  }
+
+  /** Takes an authenticated connection, from whatever transport carried it, as a tunnel of `peer`. */
+  acceptTunnel(socket: Duplex, peer: TunnelPeer): void {
+    const { agentId, fingerprint } = peer;
+    const log = this.options.log.child({ agentId, remote: peer.remoteAddress });
     const tunnel = new Tunnel(socket, {
       maxFramePayload: this.options.maxPacketSize,
       heartbeatMs: this.options.heartbeatMs,
