@@ -7,6 +7,8 @@ import { SocketBatcher } from '../shared/socket-batcher.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import type { DeviceConnect } from './connect-packet.js';
 import { DeviceConnection, type DeviceHost } from './device-connection.js';
+import type { HttpProxy } from '../shared/http-proxy.js';
+import type { TunnelTransport } from './tunnel-dialer.js';
 import { type HubAddress, TunnelPool } from './tunnel-pool.js';
 
 export type DeviceStream = MuxStream<DeviceConnection, Tunnel>;
@@ -34,6 +36,16 @@ export interface AgentOptions {
   backoffMaxMs: number;
   /** Mean interval between TCP probes while a hub is unreachable (default DEFAULT_RECONNECT_PROBE_MS). */
   reconnectProbeMs?: number;
+  /** Transports tried in order (tls, websocket, proxy when absent); a hub's dials start at the one that last worked. */
+  transports?: readonly TunnelTransport[];
+  /** Path of WebSocket tunnels at the hubs. */
+  webSocketPath?: string;
+  /** The site's HTTP CONNECT proxy, used by the `proxy` transport. */
+  proxy?: HttpProxy | null;
+  /** NO_PROXY rules: hubs they match are never dialled through the proxy. */
+  noProxy?: string;
+  /** How often a tunnel on a fallback transport checks the preferred ones. */
+  preferredRetryMs?: number;
   /** Jitter source for reconnect delays, in [0, 1); injected by tests. */
   random?: () => number;
   log: Logger;
@@ -109,6 +121,11 @@ export class EdgeAgent implements DeviceHost {
       backoffInitialMs: options.backoffInitialMs,
       backoffMaxMs: options.backoffMaxMs,
       probeMs: options.reconnectProbeMs,
+      transports: options.transports,
+      webSocketPath: options.webSocketPath,
+      proxy: options.proxy,
+      noProxy: options.noProxy,
+      preferredRetryMs: options.preferredRetryMs,
       random: options.random,
       log: options.log,
     });
