@@ -14,7 +14,7 @@ async function pair(): Promise<{ sender: WebSocketDuplex; receiver: WebSocketDup
   const wss = new WebSocketServer({ server, perMessageDeflate: false });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const accepted = new Promise<WebSocketDuplex>((resolve) => wss.once('connection', (ws) => resolve(new WebSocketDuplex(ws))));
-  const options: ClientOptions & tls.ConnectionOptions = { ca: pki.ca, checkServerIdentity: () => undefined, perMessageDeflate: false };
+  const options: ClientOptions & tls.ConnectionOptions = { ca: pki.ca, perMessageDeflate: false };
   const client = new WebSocket(`wss://127.0.0.1:${(server.address() as AddressInfo).port}/`, options);
   await new Promise<void>((resolve, reject) => client.once('open', () => resolve()).once('error', reject));
   const sender = new WebSocketDuplex(client);
