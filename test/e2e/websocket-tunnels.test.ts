@@ -102,7 +102,8 @@ describe('tunnels as WebSocket over TLS', () => {
     expect(app.sequences.outOfOrder).toBe(0);
     expect(app.sequences.gaps).toBe(0);
     expect(chain.agent.stats().deviceDisconnects).toBe(0);
-    await eventually(() => chain!.agent.pool.tunnelsByTransport().websocket === 2, 5000, 'both tunnels back on WebSocket');
+    // A break that froze a redial in its handshake holds that slot for the handshake timeout (10 s).
+    await eventually(() => chain!.agent.pool.tunnelsByTransport().websocket === 2, 15_000, 'both tunnels back on WebSocket');
   });
 
   it('a device that stops reading gets everything, in order, once it reads again: the WebSocket tunnel holds back, it does not buffer', async () => {
