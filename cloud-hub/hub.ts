@@ -12,6 +12,7 @@ import { parseConnect } from '../shared/mqtt-connect.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import { Tunnel } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
+import { ALPN_HTTP, ALPN_TUNNEL, DEFAULT_WS_PATH } from '../shared/transports/tunnel-port.js';
 import { AppAccess, anonymousAccess, isLoopbackHost } from './app-access.js';
 import { BrokerPipe } from './broker-pipe.js';
 import { HUB_DEFAULTS } from './config.js';
@@ -22,6 +23,7 @@ import { Registry } from './registry.js';
 import { type OfflineQueueLimits, SqlitePersistence } from './sqlite-persistence.js';
 import type { SubscriptionLimitOptions } from './subscription-limits.js';
 import { Namespaces, type NamespaceRule, type Route, Router } from './routes.js';
+import { WsTunnelListener } from './ws-tunnel-listener.js';
 
 export interface HubOptions {
   tunnelHost: string;
@@ -30,6 +32,8 @@ export interface HubOptions {
   handshakeTimeoutMs?: number;
   /** Tunnel connections allowed at once before their HELLO; HUB_DEFAULTS.maxUnauthenticated when absent. */
   maxUnauthenticated?: number;
+  /** Path of WebSocket tunnels on the tunnel port (DEFAULT_WS_PATH when absent); null takes raw TLS tunnels only. */
+  webSocketPath?: string | null;
   appHost: string;
   appPort: number;
   /** Application credentials; without them, only anonymous applications (see appAllowAnonymous). */
@@ -116,6 +120,23 @@ interface AgentRecord {
   departed: boolean;
 }
 
+/** Who is at the other end of an authenticated tunnel connection, whatever carries it. */
+export interface TunnelPeer {
+  /** The common name of the agent's certificate. */
+  agentId: string;
+  /** SHA-256 of the agent's certificate, lowercase hex; absent when no certificate carried the identity. */
+  fingerprint?: string;
+  remoteAddress?: string;
+}
+
+/** The peer identity mutual TLS established; null when the certificate names no one. */
+export function tunnelPeer(socket: tls.TLSSocket): TunnelPeer | null {
+  const certificate = socket.getPeerCertificate();
+  const agentId = certificate.subject?.CN;
+  if (typeof agentId !== 'string' || agentId.length === 0) return null;
+  return { agentId, fingerprint: (certificate.fingerprint256 ?? '').replaceAll(':', '').toLowerCase(), remoteAddress: socket.remoteAddress };
+}
+
 const SWEEP_INTERVAL_MS = 1000;
 /** How long a stream may go without its CONNECT after OPEN (as long as a tunnel has for its HELLO). */
 const CONNECT_TIMEOUT_MS = TUNNEL_DEFAULTS.helloTimeoutMs;
@@ -124,6 +145,11 @@ const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 
 function tunnelContext(material: HubOptions['tls']): tls.SecureContextOptions {
   return { ca: material.ca, cert: material.cert, key: material.key, minVersion: 'TLSv1.3' };
+}
+
+/** An agent that offers no ALPN (older agents) gets a raw tunnel, as before ALPN was used. */
+function tunnelAlpn(options: HubOptions): string[] {
+  return options.webSocketPath === null ? [ALPN_TUNNEL] : [ALPN_TUNNEL, ALPN_HTTP];
 }
 
 function capWindow(window: number): number {
@@ -155,11 +181,14 @@ export class CloudHub {
   private readonly sweep: NodeJS.Timeout;
   private refusedTunnels = 0;
   private tunnelConnections = 0;
+  /** Connections of the tunnel port, which admitTunnelConnection counts by their TCP socket. */
+  private readonly countedAtAccept = new WeakSet<Duplex>();
   private helloTunnels = 0;
   private handshakeTimeouts = 0;
   private unauthenticatedRefused = 0;
   /** Set while connections are being refused, so the refusals are logged once, not once each. */
   private refusingUnauthenticated = false;
+  private readonly webSockets: WsTunnelListener | null;
 
   private constructor(
     private readonly options: HubOptions,
@@ -172,7 +201,24 @@ export class CloudHub {
     this.router = new Router(options.routes ?? []);
     this.namespaces = new Namespaces(options.namespaces ?? []);
     tunnelServer.on('connection', (socket) => this.admitTunnelConnection(socket));
-    tunnelServer.on('secureConnection', (socket) => this.acceptTunnel(socket));
+    this.webSockets =
+      options.webSocketPath === null
+        ? null
+        : new WsTunnelListener({
+            path: options.webSocketPath ?? DEFAULT_WS_PATH,
+            maxFramePayload: options.maxPacketSize,
+            requestTimeoutMs: TUNNEL_DEFAULTS.helloTimeoutMs,
+            log: options.log,
+            accept: (duplex, socket) => this.acceptFromTunnelPort(duplex, socket),
+          });
+    tunnelServer.on('secureConnection', (socket) => {
+      if (socket.alpnProtocol === ALPN_HTTP && this.webSockets !== null) {
+        socket.setNoDelay(true);
+        this.webSockets.handle(socket);
+      } else {
+        this.acceptFromTunnelPort(socket, socket);
+      }
+    });
     tunnelServer.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
       if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') this.handshakeTimeouts++;
       if (err.code === 'ECONNRESET') {
@@ -247,6 +293,7 @@ export class CloudHub {
       ...tunnelContext(options.tls),
       requestCert: true,
       rejectUnauthorized: true,
+      ALPNProtocols: tunnelAlpn(options),
       handshakeTimeout: options.handshakeTimeoutMs ?? HUB_DEFAULTS.handshakeTimeoutMs,
     });
     await new Promise<void>((resolve, reject) => {
@@ -388,6 +435,7 @@ export class CloudHub {
    */
   async close(): Promise<void> {
     clearInterval(this.sweep);
+    this.webSockets?.close();
     const serverClosed = new Promise<void>((resolve) => this.tunnelServer.close(() => resolve()));
     this.reportTraffic();
     for (const session of [...this.sessions]) session.expire('hub shutting down');
@@ -408,33 +456,40 @@ export class CloudHub {
     await this.embedded.close();
   }
 
-  private acceptTunnel(socket: tls.TLSSocket): void {
-    const agentId = socket.getPeerCertificate().subject?.CN;
-    const log = this.options.log.child({ agentId, remote: socket.remoteAddress });
-    if (typeof agentId !== 'string' || agentId.length === 0) {
-      log.warn({ reason: 'certificate has no common name' }, 'tunnel refused');
-      socket.destroy();
+  /**
+   * A connection of the tunnel port whose TLS handshake (and, for a
+   * WebSocket, upgrade) is done: `duplex` is the TLS socket itself or the
+   * WebSocket over it, `tlsSocket` holds the certificate mutual TLS verified.
+   */
+  private acceptFromTunnelPort(duplex: Duplex, tlsSocket: tls.TLSSocket): void {
+    const peer = tunnelPeer(tlsSocket);
+    if (peer === null) {
+      this.options.log.warn({ remote: tlsSocket.remoteAddress, reason: 'certificate has no common name' }, 'tunnel refused');
+      duplex.destroy();
+      tlsSocket.destroy();
       return;
     }
-    socket.setNoDelay(true);
-    const fingerprint = (socket.getPeerCertificate().fingerprint256 ?? '').replaceAll(':', '').toLowerCase();
-    this.runTunnel(socket, agentId, fingerprint, log);
+    tlsSocket.setNoDelay(true);
+    // Counted as unauthenticated since its TCP accept (admitTunnelConnection), until its TCP connection closes.
+    this.countedAtAccept.add(duplex);
+    this.acceptAuthenticatedConnection(duplex, peer);
   }
 
   /**
-   * Serves a tunnel over a connection whose peer was authenticated outside
-   * the hub's TLS listener, as agent `agentId`: an in-memory pair in the
-   * protocol conformance tests, a transport terminated elsewhere. Everything
-   * from HELLO on is as for a tunnel on the tunnel port, and the connection
-   * counts as unauthenticated until its HELLO is accepted.
+   * Serves a tunnel of `peer` over `duplex`, whatever carried the connection
+   * and authenticated the peer: the tunnel port's TLS socket, a WebSocket on
+   * it, an in-memory pair in the protocol conformance tests. Everything from
+   * HELLO on is the same for all of them. The connection counts as
+   * unauthenticated until its HELLO is accepted: one of the tunnel port from
+   * its TCP accept, any other from here.
    */
-  acceptAuthenticatedConnection(socket: Duplex, agentId: string, fingerprint = ''): void {
-    this.tunnelConnections++;
-    socket.once('close', () => this.tunnelConnections--);
-    this.runTunnel(socket, agentId, fingerprint, this.options.log.child({ agentId }));
-  }
-
-  private runTunnel(socket: Duplex, agentId: string, fingerprint: string, log: Logger): void {
+  acceptAuthenticatedConnection(socket: Duplex, peer: TunnelPeer): void {
+    if (!this.countedAtAccept.has(socket)) {
+      this.tunnelConnections++;
+      socket.once('close', () => this.tunnelConnections--);
+    }
+    const { agentId, fingerprint = '' } = peer;
+    const log = this.options.log.child({ agentId, remote: peer.remoteAddress });
     const tunnel = new Tunnel(socket, {
       maxFramePayload: this.options.maxPacketSize,
       heartbeatMs: this.options.heartbeatMs,

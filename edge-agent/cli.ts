@@ -25,6 +25,8 @@ Usage: edge-agent [options]
   --workers N          processes sharing the device port, each with its own tunnels (default 1)
   --ca FILE --cert FILE --key FILE   TLS material (CA of the hub, agent certificate and key)
   --server-name NAME   name the hub certificate must carry (default: the hub host)
+  --transports LIST    how tunnels reach the hub, in order of preference (default tls,websocket,proxy)
+  --proxy URL          HTTP CONNECT proxy, http://[user:password@]host:port (default: HTTPS_PROXY; NO_PROXY honoured)
   --dev-pki DIR        create or reuse a development PKI in DIR instead of --ca/--cert/--key
   --metrics-port PORT  serve Prometheus /metrics and /healthz on 127.0.0.1:PORT (--metrics-host to change);
                        with --workers, each scrape is answered by one worker (label worker)
@@ -50,6 +52,8 @@ runCli(async () => {
       cert: { type: 'string' },
       key: { type: 'string' },
       'server-name': { type: 'string' },
+      transports: { type: 'string' },
+      proxy: { type: 'string' },
       'dev-pki': { type: 'string' },
       'metrics-port': { type: 'string' },
       'metrics-host': { type: 'string' },
@@ -78,6 +82,8 @@ runCli(async () => {
           listen: { host: values.host, port: numberFlag(values.port) },
           hubs: values.hub,
           tunnels: numberFlag(values.tunnels),
+          transports: values.transports?.split(',').map((transport) => transport.trim()),
+          ...(values.proxy !== undefined ? { proxy: { url: values.proxy } } : {}),
           workers: numberFlag(values.workers),
           ...tlsFlags,
           devPki: values['dev-pki'],

@@ -29,7 +29,7 @@ const transports: Transport[] = [
     name: 'in-memory duplex',
     async connect(hub) {
       const [hubEnd, agentEnd] = duplexPair();
-      hub.acceptAuthenticatedConnection(hubEnd, AGENT_ID);
+      hub.acceptAuthenticatedConnection(hubEnd, { agentId: AGENT_ID });
       return new RawAgent(agentEnd);
     },
   },
