@@ -28,7 +28,7 @@ import { WsTunnelListener } from './ws-tunnel-listener.js';
 export interface HubOptions {
   tunnelHost: string;
   tunnelPort: number;
-  /** Time a tunnel connection has to finish its TLS handshake; HUB_DEFAULTS.handshakeTimeoutMs when absent. */
+  /** Time a tunnel connection has to finish its TLS handshake, and again its WebSocket upgrade; HUB_DEFAULTS.handshakeTimeoutMs when absent. */
   handshakeTimeoutMs?: number;
   /** Tunnel connections allowed at once before their HELLO; HUB_DEFAULTS.maxUnauthenticated when absent. */
   maxUnauthenticated?: number;
@@ -101,7 +101,7 @@ export interface HubStats {
   refusedTunnels: number;
   /** Tunnel connections open that have not (yet) been accepted with HELLO. */
   unauthenticated: number;
-  /** Tunnel connections closed for not finishing the TLS handshake in time. */
+  /** Tunnel connections closed for not finishing the TLS handshake, or then the WebSocket upgrade, in time. */
   handshakeTimeouts: number;
   /** Tunnel connections closed on accept because too many were unauthenticated. */
   unauthenticatedRefused: number;
@@ -207,7 +207,8 @@ export class CloudHub {
         : new WsTunnelListener({
             path: options.webSocketPath ?? DEFAULT_WS_PATH,
             maxFramePayload: options.maxPacketSize,
-            requestTimeoutMs: TUNNEL_DEFAULTS.helloTimeoutMs,
+            upgradeTimeoutMs: options.handshakeTimeoutMs ?? HUB_DEFAULTS.handshakeTimeoutMs,
+            onUpgradeTimeout: () => this.handshakeTimeouts++,
             log: options.log,
             accept: (duplex, socket) => this.acceptFromTunnelPort(duplex, socket),
           });
