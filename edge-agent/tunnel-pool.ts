@@ -331,6 +331,9 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
         this.dropProbes(slot);
         if (slot.unreachable) this.options.log.info({ tunnel: slot.index, hub: `${hub.host}:${hub.port}`, transport }, 'hub reachable again');
         slot.unreachable = false;
+        // Probes overlap, and failures of earlier ones may have moved the slot on meanwhile:
+        // the transport of the connection that got through is the one the slot is on.
+        slot.transport = transport;
         this.handshake(slot, hub, transport, socket);
       },
       (err: DialError) => {
@@ -595,4 +598,3 @@ export function hashClientId(clientId: string): number {
   }
   return hash >>> 0;
 }
-
