@@ -27,7 +27,21 @@ interface Admitted {
   agentId: string;
   serial: string;
   notAfter: number;
+  sendGoodbye: GoodbyeSender;
 }
+
+/**
+ * How a refusal's GOODBYE frame reaches the agent on a connection and the
+ * connection is ended: on a raw tunnel it is written on the TLS socket itself;
+ * a tunnel carried in something else (a WebSocket) must be refused in it.
+ */
+export type GoodbyeSender = (socket: tls.TLSSocket, frame: Buffer) => void;
+
+const sendOnTlsSocket: GoodbyeSender = (socket, frame) => {
+  // Nothing sent by a refused peer is read; it is drained so its close comes through.
+  socket.resume();
+  socket.end(frame);
+};
 
 export const DEFAULT_REVOCATION_POLL_MS = 500;
 /** How long a refused connection may take to read its GOODBYE and close before it is dropped. */
@@ -58,7 +72,7 @@ export class AgentGate extends EventEmitter<AgentGateEvents> {
   }
 
   /** True when the connection is a tunnel to accept; otherwise the gate has taken it over. */
-  admit(socket: tls.TLSSocket): boolean {
+  admit(socket: tls.TLSSocket, sendGoodbye: GoodbyeSender = sendOnTlsSocket): boolean {
     const log = this.options.log.child({ remote: socket.remoteAddress });
     if (socket.alpnProtocol === ENROLL_ALPN) {
       if (this.options.enrollment !== undefined) this.options.enrollment.handle(socket);
@@ -78,21 +92,21 @@ export class AgentGate extends EventEmitter<AgentGateEvents> {
       const problem: CertificateProblem = presented ? (certificateProblemOf(code) ?? 'invalid') : 'no-certificate';
       const reason = presented && code !== null ? `${describeCertificateProblem(problem)} (${code})` : describeCertificateProblem(problem);
       // The name of a certificate that did not verify is whatever its maker wrote: logged as presented, never trusted.
-      this.refuse(socket, log.child({ presentedCn: presented ? peer.subject?.CN : undefined }), problem, reason);
+      this.refuse(socket, sendGoodbye, log.child({ presentedCn: presented ? peer.subject?.CN : undefined }), problem, reason);
       return false;
     }
     const agentId = peer.subject?.CN;
     if (typeof agentId !== 'string' || agentId.length === 0) {
-      this.refuse(socket, log, 'no-common-name', describeCertificateProblem('no-common-name'));
+      this.refuse(socket, sendGoodbye, log, 'no-common-name', describeCertificateProblem('no-common-name'));
       return false;
     }
     const serial = peer.serialNumber.toLowerCase().replace(/^0+(?=.)/, '');
     const revocation = this.options.store?.revocationOf(agentId, serial) ?? null;
     if (revocation !== null) {
-      this.refuse(socket, log.child({ agentId, serial }), 'revoked', `certificate of agent ${agentId} revoked at ${new Date(revocation.revoked_at).toISOString()}: ${revocation.reason}`);
+      this.refuse(socket, sendGoodbye, log.child({ agentId, serial }), 'revoked', `certificate of agent ${agentId} revoked at ${new Date(revocation.revoked_at).toISOString()}: ${revocation.reason}`);
       return false;
     }
-    this.admitted.set(socket, { agentId, serial, notAfter: Date.parse(peer.valid_to) });
+    this.admitted.set(socket, { agentId, serial, notAfter: Date.parse(peer.valid_to), sendGoodbye });
     socket.once('close', () => this.admitted.delete(socket));
     return true;
   }
@@ -136,7 +150,7 @@ export class AgentGate extends EventEmitter<AgentGateEvents> {
       // Tunnels still before HELLO are not the hub's yet: end them here.
       for (const [socket, admitted] of this.admitted) {
         if (admitted.agentId === revocation.agent_id && store!.revocationOf(admitted.agentId, admitted.serial) !== null) {
-          this.refuse(socket, log.child({ agentId: admitted.agentId }), 'revoked', `certificate of agent ${admitted.agentId} revoked: ${revocation.reason}`, false);
+          this.refuse(socket, admitted.sendGoodbye, log.child({ agentId: admitted.agentId }), 'revoked', `certificate of agent ${admitted.agentId} revoked: ${revocation.reason}`, false);
         }
       }
     }
@@ -150,14 +164,12 @@ export class AgentGate extends EventEmitter<AgentGateEvents> {
     }
   }
 
-  private refuse(socket: tls.TLSSocket, log: Logger, problem: CertificateProblem, reason: string, logIt = true): void {
+  private refuse(socket: tls.TLSSocket, sendGoodbye: GoodbyeSender, log: Logger, problem: CertificateProblem, reason: string, logIt = true): void {
     this.admitted.delete(socket);
     if (logIt) log.warn({ problem, reason }, 'tunnel refused');
     const body: GoodbyeBody = problem === 'revoked' ? { code: 'revoked', reason } : { code: 'certificate-refused', reason, problem };
     if (socket.destroyed || socket.writableEnded) return;
-    // Nothing sent by a refused peer is read; it is drained so its close comes through.
-    socket.resume();
-    socket.end(encodeControlFrame({ type: FrameType.GOODBYE, streamId: 0, body }));
+    sendGoodbye(socket, encodeControlFrame({ type: FrameType.GOODBYE, streamId: 0, body }));
     setTimeout(() => socket.destroy(), REFUSAL_LINGER_MS).unref();
   }
 }

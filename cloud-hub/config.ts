@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
+import { DEFAULT_WS_PATH } from '../shared/transports/tunnel-port.js';
 import { anonymousAccess } from './app-access.js';
 import { DEFAULT_OFFLINE_QUEUE } from './sqlite-persistence.js';
 import { DEFAULT_SUBSCRIPTION_LIMITS } from './subscription-limits.js';
@@ -66,6 +67,8 @@ export const hubConfigSchema = z.strictObject({
       port: port.default(8883),
       handshakeTimeoutMs: z.number().int().min(100).default(HUB_DEFAULTS.handshakeTimeoutMs),
       maxUnauthenticated: z.number().int().min(1).default(HUB_DEFAULTS.maxUnauthenticated),
+      /** Path of WebSocket tunnels on the tunnel port (told apart from raw ones by ALPN); false takes raw TLS only. */
+      webSocketPath: z.union([z.string().regex(/^\/[^\s?#]*$/, 'a path starting with /, or false'), z.literal(false)]).default(DEFAULT_WS_PATH),
     })
     .prefault({}),
   /** The embedded broker's MQTT listener for cloud applications: loopback only unless configured, as Mosquitto 2.x. */

@@ -61,7 +61,7 @@ export function hubMetrics(hub: CloudHub): Registry {
   total('edgemux_hub_broker_client_errors_total', 'Clients the embedded broker closed for a packet it refuses (logged, rate-limited)', () => stats().brokerClientErrors);
   total('edgemux_hub_agent_device_limit_refused_total', 'Devices refused because their agent held maxDevicesPerAgent', () => stats().agentDeviceLimitRefused);
   gauge('edgemux_hub_tunnel_unauthenticated', 'Tunnel connections that have not been accepted with HELLO', () => stats().unauthenticated);
-  total('edgemux_hub_tunnel_handshake_timeouts_total', 'Tunnel connections closed for not finishing the TLS handshake in time', () => stats().handshakeTimeouts);
+  total('edgemux_hub_tunnel_handshake_timeouts_total', 'Tunnel connections closed for not finishing the TLS handshake (or WebSocket upgrade) in time', () => stats().handshakeTimeouts);
   total(
     'edgemux_hub_tunnel_unauthenticated_refused_total',
     'Tunnel connections closed on accept because too many were unauthenticated',

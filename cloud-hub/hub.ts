@@ -15,6 +15,7 @@ import { Tunnel } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 import { ENROLL_ALPN } from '../shared/enrollment-wire.js';
 import type { CertificateAndKey } from '../shared/pki.js';
+import { ALPN_HTTP, ALPN_TUNNEL, DEFAULT_WS_PATH } from '../shared/transports/tunnel-port.js';
 import { AgentGate } from './agent-gate.js';
 import { AppAccess, anonymousAccess, isLoopbackHost } from './app-access.js';
 import { BrokerPipe } from './broker-pipe.js';
@@ -30,14 +31,17 @@ import { Registry } from './registry.js';
 import { type OfflineQueueLimits, SqlitePersistence } from './sqlite-persistence.js';
 import type { SubscriptionLimitOptions } from './subscription-limits.js';
 import { Namespaces, type NamespaceRule, type Route, Router } from './routes.js';
+import { WsTunnelListener } from './ws-tunnel-listener.js';
 
 export interface HubOptions {
   tunnelHost: string;
   tunnelPort: number;
-  /** Time a tunnel connection has to finish its TLS handshake; HUB_DEFAULTS.handshakeTimeoutMs when absent. */
+  /** Time a tunnel connection has to finish its TLS handshake, and again its WebSocket upgrade; HUB_DEFAULTS.handshakeTimeoutMs when absent. */
   handshakeTimeoutMs?: number;
   /** Tunnel connections allowed at once before their HELLO; HUB_DEFAULTS.maxUnauthenticated when absent. */
   maxUnauthenticated?: number;
+  /** Path of WebSocket tunnels on the tunnel port (DEFAULT_WS_PATH when absent); null takes raw TLS tunnels only. */
+  webSocketPath?: string | null;
   appHost: string;
   appPort: number;
   /** Application credentials; without them, only anonymous applications (see appAllowAnonymous). */
@@ -90,8 +94,11 @@ export interface HubOptions {
 
 /** One tunnel of an agent, as the admin API shows it. */
 export interface TunnelView {
-  /** external: the agent was authenticated outside the hub's TLS listener (acceptAuthenticatedConnection). */
-  transport: 'tls' | 'external';
+  /**
+   * tls: raw TLS on the tunnel port; websocket: WebSocket over TLS on it;
+   * external: handed over by acceptAuthenticatedConnection, which does not know what carried it.
+   */
+  transport: 'tls' | 'websocket' | 'external';
   remote: string;
   since: number;
   bytesIn: number;
@@ -144,7 +151,7 @@ export interface HubStats {
   refusedTunnels: number;
   /** Tunnel connections open that have not (yet) been accepted with HELLO. */
   unauthenticated: number;
-  /** Tunnel connections closed for not finishing the TLS handshake in time. */
+  /** Tunnel connections closed for not finishing the TLS handshake, or then the WebSocket upgrade, in time. */
   handshakeTimeouts: number;
   /** Tunnel connections closed on accept because too many were unauthenticated. */
   unauthenticatedRefused: number;
@@ -163,6 +170,23 @@ interface AgentRecord {
   departed: boolean;
 }
 
+/** Who is at the other end of an authenticated tunnel connection, whatever carries it. */
+export interface TunnelPeer {
+  /** The common name of the agent's certificate. */
+  agentId: string;
+  /** SHA-256 of the agent's certificate, lowercase hex; absent when no certificate carried the identity. */
+  fingerprint?: string;
+  remoteAddress?: string;
+}
+
+/** The peer identity mutual TLS established; null when the certificate names no one. */
+export function tunnelPeer(socket: tls.TLSSocket): TunnelPeer | null {
+  const certificate = socket.getPeerCertificate();
+  const agentId = certificate.subject?.CN;
+  if (typeof agentId !== 'string' || agentId.length === 0) return null;
+  return { agentId, fingerprint: (certificate.fingerprint256 ?? '').replaceAll(':', '').toLowerCase(), remoteAddress: socket.remoteAddress };
+}
+
 const SWEEP_INTERVAL_MS = 1000;
 /** How long a stream may go without its CONNECT after OPEN (as long as a tunnel has for its HELLO). */
 const CONNECT_TIMEOUT_MS = TUNNEL_DEFAULTS.helloTimeoutMs;
@@ -171,6 +195,11 @@ const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 
 function tunnelContext(material: HubOptions['tls']): tls.SecureContextOptions {
   return { ca: material.ca, cert: material.cert, key: material.key, minVersion: 'TLSv1.3' };
+}
+
+/** An agent that offers no ALPN (older agents) gets a raw tunnel, as before ALPN was used. */
+function tunnelAlpn(options: HubOptions): string[] {
+  return options.webSocketPath === null ? [ALPN_TUNNEL, ENROLL_ALPN] : [ALPN_TUNNEL, ALPN_HTTP, ENROLL_ALPN];
 }
 
 function capWindow(window: number): number {
@@ -208,6 +237,11 @@ export class CloudHub {
   private readonly gate: AgentGate;
   private refusedTunnels = 0;
   private tunnelConnections = 0;
+  /**
+   * Connections of the tunnel port, which admitTunnelConnection counts by
+   * their TCP socket, with the transport the admin API shows for them.
+   */
+  private readonly fromTunnelPort = new WeakMap<Duplex, Pick<TunnelView, 'transport' | 'remote'>>();
   private helloTunnels = 0;
   private handshakeTimeouts = 0;
   private unauthenticatedRefused = 0;
@@ -215,6 +249,7 @@ export class CloudHub {
   private refusingUnauthenticated = false;
   /** Connections closed on accept by the unauthenticated limit: their TLS error is the hub's own decision, already logged. */
   private readonly refusedOnAccept = new WeakSet<Socket>();
+  private readonly webSockets: WsTunnelListener | null;
 
   private constructor(
     private readonly options: HubOptions,
@@ -243,8 +278,31 @@ export class CloudHub {
     });
     this.gate.on('revoked', (agentId, reason) => this.endAgent(agentId, `agent revoked: ${reason}`));
     tunnelServer.on('connection', (socket) => this.admitTunnelConnection(socket));
+    this.webSockets =
+      options.webSocketPath === null
+        ? null
+        : new WsTunnelListener({
+            path: options.webSocketPath ?? DEFAULT_WS_PATH,
+            maxFramePayload: options.maxPacketSize,
+            upgradeTimeoutMs: options.handshakeTimeoutMs ?? HUB_DEFAULTS.handshakeTimeoutMs,
+            onUpgradeTimeout: () => {
+              this.handshakeTimeouts++;
+              this.counters.refused('tunnel-tls');
+            },
+            onUnknownPath: () => this.counters.refused('tunnel-protocol'),
+            log: options.log,
+            accept: (duplex, socket) => this.acceptFromTunnelPort(duplex, socket, 'websocket'),
+          });
     tunnelServer.on('secureConnection', (socket) => {
-      if (this.gate.admit(socket)) this.acceptTunnel(socket);
+      const webSockets = socket.alpnProtocol === ALPN_HTTP ? this.webSockets : null;
+      // The gate sees every connection before any transport does: enrollment goes by its ALPN
+      // protocol, and a certificate it refuses gets no tunnel, raw or WebSocket. A WebSocket
+      // connection is refused inside a WebSocket, where the agent can read the GOODBYE.
+      const admitted = webSockets === null ? this.gate.admit(socket) : this.gate.admit(socket, (refused, frame) => webSockets.refuse(refused, frame));
+      if (!admitted) return;
+      socket.setNoDelay(true);
+      if (webSockets !== null) webSockets.handle(socket);
+      else this.acceptFromTunnelPort(socket, socket, 'tls');
     });
     tunnelServer.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
       if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') this.handshakeTimeouts++;
@@ -324,7 +382,7 @@ export class CloudHub {
       // and lets enrollment (no certificate yet) through under its own ALPN protocol.
       requestCert: true,
       rejectUnauthorized: false,
-      ALPNProtocols: [ENROLL_ALPN],
+      ALPNProtocols: tunnelAlpn(options),
       handshakeTimeout: options.handshakeTimeoutMs ?? HUB_DEFAULTS.handshakeTimeoutMs,
     });
     await new Promise<void>((resolve, reject) => {
@@ -564,6 +622,7 @@ export class CloudHub {
   async close(): Promise<void> {
     clearInterval(this.sweep);
     this.gate.close();
+    this.webSockets?.close();
     const serverClosed = new Promise<void>((resolve) => this.tunnelServer.close(() => resolve()));
     this.reportTraffic();
     for (const session of [...this.sessions]) session.expire('hub shutting down');
@@ -585,36 +644,43 @@ export class CloudHub {
     await this.embedded.close();
   }
 
-  private acceptTunnel(socket: tls.TLSSocket): void {
-    const agentId = socket.getPeerCertificate().subject?.CN;
-    const log = this.options.log.child({ agentId, remote: socket.remoteAddress });
-    if (typeof agentId !== 'string' || agentId.length === 0) {
+  /**
+   * A connection of the tunnel port that the gate admitted, its TLS handshake
+   * (and, for a WebSocket, upgrade) done: `duplex` is the TLS socket itself or
+   * the WebSocket over it, `tlsSocket` holds the certificate mutual TLS
+   * verified. It has counted as unauthenticated since its TCP accept
+   * (admitTunnelConnection), until that connection closes.
+   */
+  private acceptFromTunnelPort(duplex: Duplex, tlsSocket: tls.TLSSocket, transport: 'tls' | 'websocket'): void {
+    const peer = tunnelPeer(tlsSocket);
+    if (peer === null) {
       this.counters.refused('tunnel-identity');
-      log.warn({ reason: 'certificate has no common name' }, 'tunnel refused');
-      socket.destroy();
+      this.options.log.warn({ remote: tlsSocket.remoteAddress, reason: 'certificate has no common name' }, 'tunnel refused');
+      duplex.destroy();
+      tlsSocket.destroy();
       return;
     }
-    socket.setNoDelay(true);
-    const fingerprint = (socket.getPeerCertificate().fingerprint256 ?? '').replaceAll(':', '').toLowerCase();
-    this.runTunnel(socket, agentId, fingerprint, log, { transport: 'tls', remote: `${socket.remoteAddress}:${socket.remotePort}` });
+    this.fromTunnelPort.set(duplex, { transport, remote: `${tlsSocket.remoteAddress}:${tlsSocket.remotePort}` });
+    this.acceptAuthenticatedConnection(duplex, peer);
   }
 
   /**
-   * Serves a tunnel over a connection whose peer was authenticated outside
-   * the hub's TLS listener, as agent `agentId`: an in-memory pair in the
-   * protocol conformance tests, a transport terminated elsewhere. Everything
-   * from HELLO on is as for a tunnel on the tunnel port, and the connection
-   * counts as unauthenticated until its HELLO is accepted.
+   * Serves a tunnel of `peer` over `duplex`, whatever carried the connection
+   * and authenticated the peer: the tunnel port's TLS socket, a WebSocket on
+   * it, an in-memory pair in the protocol conformance tests. Everything from
+   * HELLO on is the same for all of them. The connection counts as
+   * unauthenticated until its HELLO is accepted: one of the tunnel port from
+   * its TCP accept, any other from here.
    */
-  acceptAuthenticatedConnection(socket: Duplex, agentId: string, fingerprint = ''): void {
-    this.tunnelConnections++;
-    socket.once('close', () => this.tunnelConnections--);
-    const peer = socket as Partial<Pick<Socket, 'remoteAddress' | 'remotePort'>>;
-    const remote = peer.remoteAddress !== undefined ? `${peer.remoteAddress}:${peer.remotePort}` : '';
-    this.runTunnel(socket, agentId, fingerprint, this.options.log.child({ agentId }), { transport: 'external', remote });
-  }
-
-  private runTunnel(socket: Duplex, agentId: string, fingerprint: string, log: Logger, peer: { transport: TunnelView['transport']; remote: string }): void {
+  acceptAuthenticatedConnection(socket: Duplex, peer: TunnelPeer): void {
+    let shown = this.fromTunnelPort.get(socket);
+    if (shown === undefined) {
+      shown = { transport: 'external', remote: peer.remoteAddress ?? '' };
+      this.tunnelConnections++;
+      socket.once('close', () => this.tunnelConnections--);
+    }
+    const { agentId, fingerprint = '' } = peer;
+    const log = this.options.log.child({ agentId, remote: peer.remoteAddress });
     const tunnel = new Tunnel(socket, {
       maxFramePayload: this.options.maxPacketSize,
       heartbeatMs: this.options.heartbeatMs,
@@ -627,7 +693,7 @@ export class CloudHub {
       if (record === null) tunnel.close('no HELLO in time');
     }, TUNNEL_DEFAULTS.helloTimeoutMs);
     this.tunnels.add(tunnel);
-    this.tunnelSince.set(tunnel, { since: Date.now(), ...peer });
+    this.tunnelSince.set(tunnel, { since: Date.now(), ...shown });
     tunnel.on('control', (frame) => {
       if (frame.type === FrameType.HELLO) {
         if (record !== null) {

@@ -23,6 +23,7 @@ export async function startHub(config: HubConfig, log: Logger = createLogger('cl
     tunnelPort: config.tunnel.port,
     handshakeTimeoutMs: config.tunnel.handshakeTimeoutMs,
     maxUnauthenticated: config.tunnel.maxUnauthenticated,
+    webSocketPath: config.tunnel.webSocketPath === false ? null : config.tunnel.webSocketPath,
     appHost: config.app.host,
     appPort: config.app.port,
     appPasswords,

@@ -31,6 +31,15 @@ export function agentMetrics(agent: EdgeAgent): Registry {
   gauge('edgemux_agent_devices_attached', 'Devices whose CONNECT was forwarded', () => stats().attached);
   gauge('edgemux_agent_streams_detached', 'Streams waiting to resume on a tunnel', () => stats().detached);
   gauge('edgemux_agent_tunnels_up', 'Tunnels to the hub that are up', () => stats().tunnelsUp);
+  new Gauge({
+    name: 'edgemux_agent_tunnels_by_transport',
+    help: 'Tunnels up, by the transport carrying them (tls, websocket, proxy)',
+    labelNames: ['transport'],
+    registers: [registry],
+    collect() {
+      for (const [transport, count] of Object.entries(agent.pool.tunnelsByTransport())) this.set({ transport }, count);
+    },
+  });
   counter('edgemux_agent_wan_connections_total', 'TLS connections opened to hubs', () => stats().wanConnections);
   counter('edgemux_agent_device_disconnects_total', 'Devices closed or lost after CONNECT', () => stats().deviceDisconnects);
   counter('edgemux_agent_connects_rate_limited_total', 'CONNECTs refused because their source address connected too often', () => stats().connectsRateLimited);

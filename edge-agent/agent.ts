@@ -1,6 +1,7 @@
 import type { AddressInfo } from 'node:net';
 import { assignedIdPrefix } from '../shared/assigned-client-id.js';
 import { type CloseBody, type ControlFrame, FrameType } from '../shared/frame-codec.js';
+import type { HttpProxy } from '../shared/http-proxy.js';
 import { RateLimitedLog } from '../shared/log-rate-limit.js';
 import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
@@ -10,6 +11,7 @@ import type { ConnectLimits, DeviceConnect } from './connect-packet.js';
 import { ConnectRate } from './connect-rate.js';
 import { DeviceConnection, type DeviceHost, type DeviceTraffic } from './device-connection.js';
 import { DeviceListener, type DeviceListenerOptions, type ListenerDeviceLog, type ListenerType } from './device-listeners.js';
+import type { TunnelTransport } from './tunnel-dialer.js';
 import { type HubAddress, TunnelPool } from './tunnel-pool.js';
 
 export type DeviceStream = MuxStream<DeviceConnection, Tunnel>;
@@ -45,6 +47,16 @@ export interface AgentOptions {
   reconnectProbeMs?: number;
   /** Clock of the connect rate limit; injected by tests. */
   now?: () => number;
+  /** Transports tried in order (tls, websocket, proxy when absent); a hub's dials start at the one that last worked. */
+  transports?: readonly TunnelTransport[];
+  /** Path of WebSocket tunnels at the hubs. */
+  webSocketPath?: string;
+  /** The site's HTTP CONNECT proxy, used by the `proxy` transport. */
+  proxy?: HttpProxy | null;
+  /** NO_PROXY rules: hubs they match are never dialled through the proxy. */
+  noProxy?: string;
+  /** How often a tunnel on a fallback transport checks the preferred ones. */
+  preferredRetryMs?: number;
   /** Jitter source for reconnect delays, in [0, 1); injected by tests. */
   random?: () => number;
   log: Logger;
@@ -143,6 +155,11 @@ export class EdgeAgent implements DeviceHost {
       backoffInitialMs: options.backoffInitialMs,
       backoffMaxMs: options.backoffMaxMs,
       probeMs: options.reconnectProbeMs,
+      transports: options.transports,
+      webSocketPath: options.webSocketPath,
+      proxy: options.proxy,
+      noProxy: options.noProxy,
+      preferredRetryMs: options.preferredRetryMs,
       random: options.random,
       log: options.log,
     });

@@ -26,6 +26,8 @@ Usage: edge-agent [options]
   --workers N          processes sharing the device port, each with its own tunnels (default 1)
   --ca FILE --cert FILE --key FILE   TLS material (CA of the hub, agent certificate and key)
   --server-name NAME   name the hub certificate must carry (default: the hub host)
+  --transports LIST    how tunnels reach the hub, in order of preference (default tls,websocket,proxy)
+  --proxy URL          HTTP CONNECT proxy, http://[user:password@]host:port (default: HTTPS_PROXY; NO_PROXY honoured)
   --dev-pki DIR        create or reuse a development PKI in DIR instead of --ca/--cert/--key
   --identity-dir DIR   use the identity enrolled in DIR (see 'edge-agent enroll --help'), renewing its
                        certificate in place at --renew-at of its validity (default 0.67)
@@ -57,6 +59,8 @@ if (process.argv[2] === 'enroll') {
       cert: { type: 'string' },
       key: { type: 'string' },
       'server-name': { type: 'string' },
+      transports: { type: 'string' },
+      proxy: { type: 'string' },
       'dev-pki': { type: 'string' },
       'identity-dir': { type: 'string' },
       'renew-at': { type: 'string' },
@@ -89,6 +93,8 @@ if (process.argv[2] === 'enroll') {
           listen: { host: values.host, port: numberFlag(values.port) },
           hubs: values.hub,
           tunnels: numberFlag(values.tunnels),
+          transports: values.transports?.split(',').map((transport) => transport.trim()),
+          ...(values.proxy !== undefined ? { proxy: { url: values.proxy } } : {}),
           workers: numberFlag(values.workers),
           ...tlsFlags,
           devPki: values['dev-pki'],

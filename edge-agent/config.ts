@@ -1,7 +1,10 @@
 import { z } from 'zod';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
+import { parseProxyUrl } from '../shared/http-proxy.js';
+import { DEFAULT_WS_PATH } from '../shared/transports/tunnel-port.js';
 import { DEFAULT_CONNECTS_PER_SECOND_PER_ADDRESS, DEFAULT_DEVICE_BACKLOG, DEFAULT_MAX_CLIENT_ID_LENGTH } from './agent.js';
-import { DEFAULT_RECONNECT_PROBE_MS } from './tunnel-pool.js';
+import { TRANSPORT_ORDER } from './tunnel-dialer.js';
+import { DEFAULT_PREFERRED_RETRY_MS, DEFAULT_RECONNECT_PROBE_MS } from './tunnel-pool.js';
 
 const port = z.number().int().min(0).max(65535);
 const hostPort = z.string().regex(/^.+:\d{1,5}$/, 'expected host:port');
@@ -102,6 +105,29 @@ export const agentConfigSchema = z.strictObject({
   backoffMaxMs: z.number().int().min(100).default(30_000),
   /** While a hub is unreachable at the TCP level, how often to look again (mean; jittered ±50 %). */
   reconnectProbeMs: z.number().int().min(20).default(DEFAULT_RECONNECT_PROBE_MS),
+  /** How tunnels reach the hubs, in order of preference; `proxy` is used only with a proxy (below or HTTPS_PROXY). */
+  transports: z
+    .array(z.enum(TRANSPORT_ORDER as [string, ...string[]]))
+    .min(1, 'name at least one of tls, websocket, proxy')
+    .refine((list) => new Set(list).size === list.length, 'each transport once')
+    .default([...TRANSPORT_ORDER]),
+  webSocketPath: z.string().regex(/^\/[^\s?#]*$/, 'a path starting with /').default(DEFAULT_WS_PATH),
+  /** The site's HTTP CONNECT proxy; without it, HTTPS_PROXY and NO_PROXY from the environment. */
+  proxy: z
+    .strictObject({
+      url: z.string().superRefine((url, ctx) => {
+        try {
+          parseProxyUrl(url, 'proxy.url');
+        } catch {
+          ctx.addIssue({ code: 'custom', message: 'expected http://[user:password@]host[:port]' });
+        }
+      }),
+      /** Hosts reached directly, in NO_PROXY's syntax. */
+      noProxy: z.string().optional(),
+    })
+    .optional(),
+  /** While a tunnel runs on a fallback transport, how often it checks whether a preferred one works again. */
+  preferredRetryMs: z.number().int().min(1000).default(DEFAULT_PREFERRED_RETRY_MS),
   /** Prometheus /metrics and /healthz; off unless a port is given. */
   metrics: z.strictObject({ host: z.string().default('127.0.0.1'), port: port }).optional(),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

@@ -1,12 +1,14 @@
 import { readPem } from '../shared/cli-support.js';
 import { parseHostPort } from '../shared/config-loader.js';
 import { createLogger, type Logger } from '../shared/logger.js';
+import { type HttpProxy, noProxyFromEnvironment, parseProxyUrl, proxyFromEnvironment } from '../shared/http-proxy.js';
 import { ensureDevPki } from '../shared/pki.js';
 import { EdgemuxError } from '../shared/errors.js';
 import { EdgeAgent } from './agent.js';
 import { type Identity, loadIdentity } from './enrollment.js';
 import { type AgentConfig, DEFAULT_LISTEN, deviceListeners, type ListenerConfig } from './config.js';
 import type { DeviceListenerOptions } from './device-listeners.js';
+import type { TunnelTransport } from './tunnel-dialer.js';
 import type { HubAddress } from './tunnel-pool.js';
 
 /** Starts an agent from validated configuration. */
@@ -16,6 +18,10 @@ export async function startAgent(
   log: Logger = createLogger('edge-agent', config.logLevel).child({ worker }),
 ): Promise<EdgeAgent> {
   const tls = await agentTlsMaterial(config);
+  const { proxy, noProxy } = agentProxy(config, process.env);
+  if (proxy !== null && config.transports.includes('proxy')) {
+    log.info({ proxy: `${proxy.host}:${proxy.port}`, authenticated: proxy.username !== undefined, noProxy }, 'tunnels may go through an HTTP proxy');
+  }
   return EdgeAgent.start({
     // An enrolled agent is whoever its certificate names; the hub goes by that name anyway.
     agentId: config.identity !== undefined ? enrolledIdentity(config.identity.dir).agentId : config.agentId,
@@ -39,6 +45,11 @@ export async function startAgent(
     backoffInitialMs: config.backoffInitialMs,
     backoffMaxMs: config.backoffMaxMs,
     reconnectProbeMs: config.reconnectProbeMs,
+    transports: config.transports as TunnelTransport[],
+    webSocketPath: config.webSocketPath,
+    proxy,
+    noProxy,
+    preferredRetryMs: config.preferredRetryMs,
     log,
   });
 }
@@ -60,6 +71,13 @@ function listenerOptions(listener: ListenerConfig, index: number): DeviceListene
       ca: ca === undefined ? undefined : readPem(ca, `${at}.ca`),
     },
   };
+}
+
+/** The proxy from the configuration, else from HTTPS_PROXY and NO_PROXY; errors name the setting, never the password. */
+export function agentProxy(config: AgentConfig, env: NodeJS.ProcessEnv): { proxy: HttpProxy | null; noProxy: string | undefined } {
+  if (config.proxy !== undefined) return { proxy: parseProxyUrl(config.proxy.url, 'proxy.url'), noProxy: config.proxy.noProxy };
+  const fromEnv = proxyFromEnvironment(env);
+  return { proxy: fromEnv === null ? null : parseProxyUrl(fromEnv.url, fromEnv.key), noProxy: noProxyFromEnvironment(env) };
 }
 
 export function hubAddresses(config: AgentConfig): HubAddress[] {

@@ -7,8 +7,9 @@ import { agentTlsMaterial, hubAddresses, serverNameOf } from './main.js';
 
 /**
  * Settings a running agent takes over on reload. The others (agent id,
- * device listener, tunnel count, workers, stream and timer tuning, metrics)
- * are bound to sockets and streams already open and need a restart.
+ * device listener, tunnel count, workers, transports and proxy, stream and
+ * timer tuning, metrics) are bound to sockets and streams already open and
+ * need a restart.
  */
 export const AGENT_RELOADABLE = ['logLevel', 'tls', 'devPki', 'hubs'] as const;
 

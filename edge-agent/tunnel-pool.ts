@@ -1,34 +1,34 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import net from 'node:net';
-import tls from 'node:tls';
-import { ReconnectPolicy } from '../shared/backoff.js';
+import type net from 'node:net';
+import type { Duplex } from 'node:stream';
+import { type DialFailure, ReconnectPolicy } from '../shared/backoff.js';
 import { type ControlFrame, FrameType, type GoodbyeBody } from '../shared/frame-codec.js';
 import { applyHello, buildHello, checkHello, refuseHello } from '../shared/hello.js';
 import type { Logger } from '../shared/logger.js';
 import { certificateProblemOf, describeCertificateProblem } from '../shared/tls-failure.js';
 import { addTraffic, emptyTraffic, Tunnel, type TunnelTraffic } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
+import type { HttpProxy } from '../shared/http-proxy.js';
+import { DEFAULT_WS_PATH } from '../shared/transports/tunnel-port.js';
+import { DialError, type HubAddress, TRANSPORT_ORDER, TunnelDialer, type TunnelTransport } from './tunnel-dialer.js';
+
+export type { HubAddress } from './tunnel-dialer.js';
 
 /** The agent's replay memory per stream stays bounded whatever window the hub grants. */
 const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 const DIALS_BEFORE_NEXT_HUB = 2;
-/**
- * A TCP connect that has not completed by then counts as the link being down.
- * Long enough for a SYN and one retransmit (Linux sends it after 1 s) on a slow
- * satellite or LTE link; probes overlap meanwhile, so it does not set how soon
- * a returning link is noticed.
- */
-const TCP_CONNECT_TIMEOUT_MS = 3000;
 /** Probes of one slot in flight at once while SYNs go unanswered: a bound on sockets, not on how often we look. */
 const MAX_PROBES_IN_FLIGHT = 16;
 /** Probes every 75–225 ms: a returning link carries a tunnel again within about 0.25 s plus the handshake. */
 export const DEFAULT_RECONNECT_PROBE_MS = 150;
-
-export interface HubAddress {
-  host: string;
-  port: number;
-}
+/**
+ * How often a tunnel on a fallback transport checks whether a preferred one
+ * works again: rare enough that a site where it never does sees one failed
+ * handshake per tunnel every few minutes, soon enough that a firewall fixed
+ * in the morning is used before lunch.
+ */
+export const DEFAULT_PREFERRED_RETRY_MS = 5 * 60_000;
 
 export interface TunnelPoolOptions {
   agentId: string;
@@ -47,6 +47,16 @@ export interface TunnelPoolOptions {
   backoffMaxMs: number;
   /** Mean interval between TCP probes while a hub is unreachable. */
   probeMs?: number;
+  /** Transports to try, in order of preference (TRANSPORT_ORDER when absent); `proxy` is skipped without a proxy. */
+  transports?: readonly TunnelTransport[];
+  /** Path of WebSocket tunnels on the hub's tunnel port (DEFAULT_WS_PATH when absent). */
+  webSocketPath?: string;
+  /** The site's HTTP CONNECT proxy, for the `proxy` transport. */
+  proxy?: HttpProxy | null;
+  /** NO_PROXY rules: hubs they match are not dialled through the proxy. */
+  noProxy?: string;
+  /** How often a tunnel on a fallback transport checks the preferred ones (DEFAULT_PREFERRED_RETRY_MS when absent). */
+  preferredRetryMs?: number;
   /** Jitter source for reconnect delays, in [0, 1); injected by tests. */
   random?: () => number;
   log: Logger;
@@ -91,6 +101,16 @@ interface Slot {
   lastHubId: string | null;
   /** Why the hub refused this slot's last dial, until a dial succeeds. */
   refusal: TunnelRefusal | null;
+  /** The transport the next dial uses, and that of the tunnel while it is up. */
+  transport: TunnelTransport;
+  /** Transports that failed in a row on the current hub: once all did, it counts as one failed dial of the hub. */
+  transportsFailed: number;
+  /** The next check of the preferred transports while the tunnel runs on a fallback one. */
+  preferredCheck: NodeJS.Timeout | null;
+  /** The connection such a check has open. */
+  checking: net.Socket | null;
+  /** The connection in its TLS (and upgrade) handshake, before it carries a tunnel. */
+  handshaking: net.Socket | null;
 }
 
 /**
@@ -110,6 +130,9 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
   readonly refusalCounts = new Map<string, number>();
   /** Identifies this process to the hub, so it can tell a reconnect from a restart. */
   readonly instance = randomUUID();
+  /** The transport that last carried a tunnel to each hub (host:port): dials start there. */
+  readonly workingTransports = new Map<string, TunnelTransport>();
+  private readonly dialer: TunnelDialer;
 
   constructor(private options: TunnelPoolOptions) {
     super();
@@ -132,7 +155,22 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       failedDials: 0,
       lastHubId: null,
       refusal: null,
+      transport: 'tls',
+      transportsFailed: 0,
+      preferredCheck: null,
+      checking: null,
+      handshaking: null,
     }));
+    this.dialer = new TunnelDialer({
+      tls: options.tls,
+      serverName: options.serverName,
+      webSocketPath: options.webSocketPath ?? DEFAULT_WS_PATH,
+      maxFramePayload: options.maxFramePayload,
+      proxy: options.proxy ?? null,
+      noProxy: options.noProxy,
+      handshakeTimeoutMs: TUNNEL_DEFAULTS.helloTimeoutMs,
+    });
+    for (const slot of this.slots) slot.transport = this.firstTransport(options.hubs[0]);
   }
 
   start(): void {
@@ -202,6 +240,19 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
   /** Certificate, key, hub CA and server name for tunnels dialled from now on; tunnels up keep theirs. */
   useTls(material: TunnelPoolOptions['tls'], serverName: string | undefined): void {
     this.options = { ...this.options, tls: material, serverName };
+    this.dialer.useTls(material, serverName);
+  }
+
+  /** Ready tunnels by the transport carrying them. */
+  tunnelsByTransport(): Record<TunnelTransport, number> {
+    const counts: Record<TunnelTransport, number> = { tls: 0, websocket: 0, proxy: 0 };
+    for (const slot of this.slots) if (slot.ready) counts[slot.transport]++;
+    return counts;
+  }
+
+  /** The transport of each slot's tunnel, null for a slot without one up. */
+  slotTransports(): (TunnelTransport | null)[] {
+    return this.slots.map((slot) => (slot.ready ? slot.transport : null));
   }
 
   get hubs(): readonly HubAddress[] {
@@ -218,7 +269,9 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     this.options = { ...this.options, hubs };
     for (const slot of this.slots) {
       const current = old[slot.hubCursor];
-      slot.hubCursor = Math.max(0, hubs.findIndex((hub) => hub.host === current.host && hub.port === current.port));
+      const cursor = Math.max(0, hubs.findIndex((hub) => hub.host === current.host && hub.port === current.port));
+      if (slot.tunnel === null && (hubs[cursor].host !== current.host || hubs[cursor].port !== current.port)) this.moveToHub(slot, cursor);
+      else slot.hubCursor = cursor;
     }
   }
 
@@ -238,6 +291,8 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     for (const slot of this.slots) {
       if (slot.retry !== null) clearTimeout(slot.retry);
       this.dropProbes(slot);
+      this.stopPreferredCheck(slot);
+      slot.handshaking?.destroy();
       const tunnel = slot.tunnel;
       if (tunnel === null) continue;
       if (slot.ready) closing.push(tunnel.goodbye('shutdown', reason));
@@ -276,31 +331,42 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
   private dial(slot: Slot): void {
     slot.retry = null;
     if (this.stopped || slot.tunnel !== null) return;
-    if (slot.probes.size < MAX_PROBES_IN_FLIGHT) this.probe(slot, this.options.hubs[slot.hubCursor]);
-    if (slot.tunnel === null) slot.retry = setTimeout(() => this.dial(slot), slot.reconnect.delayMs('unreachable'));
+    if (slot.probes.size < MAX_PROBES_IN_FLIGHT) this.probe(slot, this.options.hubs[slot.hubCursor], slot.transport);
+    if (slot.tunnel === null && slot.retry === null && !this.stopped) {
+      slot.retry = setTimeout(() => this.dial(slot), slot.reconnect.delayMs('unreachable'));
+    }
   }
 
-  private probe(slot: Slot, hub: HubAddress): void {
-    const socket = net.connect({ host: hub.host, port: hub.port, noDelay: true });
+  private probe(slot: Slot, hub: HubAddress, transport: TunnelTransport): void {
+    const { socket, connected } = this.dialer.connect(hub, transport);
     slot.probes.add(socket);
-    const timer = setTimeout(() => socket.destroy(new Error(`no TCP connection within ${TCP_CONNECT_TIMEOUT_MS} ms`)), TCP_CONNECT_TIMEOUT_MS);
-    const onError = (err: Error): void => {
-      clearTimeout(timer);
-      slot.probes.delete(socket);
-      this.onUnreachable(slot, hub, err.message);
-    };
-    socket.once('error', onError);
-    socket.once('connect', () => {
-      clearTimeout(timer);
-      socket.off('error', onError);
-      slot.probes.delete(socket);
-      if (slot.retry !== null) clearTimeout(slot.retry);
-      slot.retry = null;
-      this.dropProbes(slot);
-      if (slot.unreachable) this.options.log.info({ tunnel: slot.index, hub: `${hub.host}:${hub.port}` }, 'hub reachable again');
-      slot.unreachable = false;
-      this.handshake(slot, hub, socket);
-    });
+    connected.then(
+      () => {
+        if (!slot.probes.delete(socket)) return;
+        if (slot.retry !== null) clearTimeout(slot.retry);
+        slot.retry = null;
+        this.dropProbes(slot);
+        if (slot.unreachable) this.options.log.info({ tunnel: slot.index, hub: `${hub.host}:${hub.port}`, transport }, 'hub reachable again');
+        slot.unreachable = false;
+        // Probes overlap, and failures of earlier ones may have moved the slot on meanwhile:
+        // the transport of the connection that got through is the one the slot is on.
+        slot.transport = transport;
+        this.handshake(slot, hub, transport, socket);
+      },
+      (err: DialError) => {
+        if (!slot.probes.delete(socket)) return;
+        if (err.failure === 'unreachable') {
+          this.onUnreachable(slot, hub, err.message);
+          return;
+        }
+        // The way there answered and said no (a proxy refusing us): no use probing it again at once.
+        if (slot.retry !== null) clearTimeout(slot.retry);
+        slot.retry = null;
+        this.dropProbes(slot);
+        this.options.log.warn({ tunnel: slot.index, hub: `${hub.host}:${hub.port}`, transport, reason: err.message }, 'tunnel failed to come up');
+        this.onDialFailed(slot, 'refused');
+      },
+    );
   }
 
   private dropProbes(slot: Slot): void {
@@ -317,25 +383,48 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     this.lastFailure = `hub ${hub.host}:${hub.port} unreachable: ${reason}`;
     if (!slot.unreachable) {
       slot.unreachable = true;
-      this.options.log.warn({ tunnel: slot.index, hub: `${hub.host}:${hub.port}`, reason }, 'hub unreachable, probing');
+      this.options.log.warn({ tunnel: slot.index, hub: `${hub.host}:${hub.port}`, transport: slot.transport, reason }, 'hub unreachable, probing');
     }
-    this.countFailedDial(slot);
+    this.nextTransport(slot);
   }
 
-  /** Mutual TLS and HELLO over a TCP connection a probe opened. */
-  private handshake(slot: Slot, hub: HubAddress, tcp: net.Socket): void {
-    const log = this.options.log.child({ tunnel: slot.index, hub: `${hub.host}:${hub.port}` });
-    const socket = tls.connect({
-      socket: tcp,
-      ca: this.options.tls.ca,
-      cert: this.options.tls.cert,
-      key: this.options.tls.key,
-      servername: this.options.serverName ?? (isIpAddress(hub.host) ? undefined : hub.host),
-      minVersion: 'TLSv1.3',
-    });
+  /** A dial that reached something and failed before HELLO: the next transport, after a backoff. */
+  private onDialFailed(slot: Slot, failure: DialFailure): void {
+    if (this.stopped) return;
+    this.nextTransport(slot);
+    slot.retry = setTimeout(() => this.dial(slot), slot.reconnect.delayMs(failure));
+  }
+
+  /** Mutual TLS (and the WebSocket upgrade) over a connection a probe opened, then HELLO. */
+  private handshake(slot: Slot, hub: HubAddress, transport: TunnelTransport, tcp: net.Socket): void {
     this.connectionsOpened++;
-    // Failures of the wrapped socket reach the tunnel through the TLS socket; this only keeps them from being uncaught.
-    tcp.on('error', () => {});
+    slot.handshaking = tcp;
+    this.dialer.secure(tcp, hub, transport).then(
+      (socket) => {
+        slot.handshaking = null;
+        if (this.stopped || slot.tunnel !== null) {
+          socket.destroy();
+          return;
+        }
+        this.runTunnel(slot, hub, transport, socket);
+      },
+      (err: DialError) => {
+        slot.handshaking = null;
+        if (this.stopped) return;
+        const fields = { tunnel: slot.index, hub: `${hub.host}:${hub.port}`, transport };
+        // Which check failed: the bare transport error would say only "socket hang up".
+        const problem = certificateProblemOf(err.code);
+        if (problem !== null) this.options.log.warn({ ...fields, problem, reason: `${describeCertificateProblem(problem)}: ${err.message}` }, 'hub certificate refused');
+        else this.options.log.warn({ ...fields, reason: err.message }, 'tunnel failed to come up');
+        this.lastFailure = `tunnel to ${hub.host}:${hub.port} failed to come up (${transport}): ${err.message}`;
+        this.onDialFailed(slot, err.failure);
+      },
+    );
+  }
+
+  /** HELLO and the life of a tunnel on an authenticated connection. */
+  private runTunnel(slot: Slot, hub: HubAddress, transport: TunnelTransport, socket: Duplex): void {
+    const log = this.options.log.child({ tunnel: slot.index, hub: `${hub.host}:${hub.port}`, transport });
     const tunnel = new Tunnel(socket, {
       maxFramePayload: this.options.maxFramePayload,
       heartbeatMs: this.options.heartbeatMs,
@@ -345,25 +434,18 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     });
     slot.tunnel = tunnel;
     const helloTimer = setTimeout(() => tunnel.close('no HELLO from hub in time'), TUNNEL_DEFAULTS.helloTimeoutMs);
-    // Which check failed, on whichever side: the bare transport error would say only "socket hang up".
-    socket.once('error', (err: NodeJS.ErrnoException) => {
-      const problem = certificateProblemOf(err.code);
-      if (problem !== null) log.warn({ problem, reason: `${describeCertificateProblem(problem)}: ${err.message}` }, 'hub certificate refused');
-    });
     tunnel.on('goodbye', (body) => this.onGoodbye(slot, `${hub.host}:${hub.port}`, body, log));
-    socket.once('secureConnect', () => {
-      tunnel.send(
-        buildHello({
-          role: 'agent',
-          id: this.options.agentId,
-          heartbeatMs: this.options.heartbeatMs,
-          streamWindow: this.options.streamWindow,
-          maxFramePayload: this.options.maxFramePayload,
-          instance: this.instance,
-          worker: this.options.worker,
-        }),
-      );
-    });
+    tunnel.send(
+      buildHello({
+        role: 'agent',
+        id: this.options.agentId,
+        heartbeatMs: this.options.heartbeatMs,
+        streamWindow: this.options.streamWindow,
+        maxFramePayload: this.options.maxFramePayload,
+        instance: this.instance,
+        worker: this.options.worker,
+      }),
+    );
     tunnel.on('control', (frame) => {
       if (frame.type === FrameType.HELLO) {
         clearTimeout(helloTimer);
@@ -379,7 +461,10 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
         slot.refusal = null;
         slot.hubStreamWindow = Math.min(frame.body.streamWindow, MAX_STREAM_WINDOW);
         slot.reconnect.reset();
+        slot.transportsFailed = 0;
+        this.workingTransports.set(hubKey(hub), transport);
         log.info({ hubId: frame.body.id }, 'tunnel up');
+        this.schedulePreferredCheck(slot, hub);
         this.emit('up', tunnel, slot.index);
         return;
       }
@@ -392,6 +477,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       slot.ready = false;
       slot.tunnel = null;
       this.lastFailure = `tunnel to ${hub.host}:${hub.port} ${wasReady ? 'down' : 'failed to come up'}: ${reason}`;
+      this.stopPreferredCheck(slot);
       if (this.stopped) {
         log.info({ reason }, 'tunnel closed');
         if (wasReady) this.emit('down', tunnel, slot.index, reason);
@@ -403,9 +489,10 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       } else {
         log.warn({ reason }, 'tunnel failed to come up');
       }
-      // A tunnel that was up is redialled on the same hub, where its streams can resume.
+      // A tunnel that was up is redialled on the same hub and transport, where its streams can resume.
       if (wasReady) slot.failedDials = 0;
-      else this.countFailedDial(slot);
+      else if (tunnel.peerGoodbye !== null) this.countFailedDial(slot);
+      else this.nextTransport(slot);
       // A hub that said goodbye holds none of our streams any more: nothing keeps the slot on it.
       if (wasReady && tunnel.peerGoodbye !== null) {
         slot.failedDials = DIALS_BEFORE_NEXT_HUB - 1;
@@ -414,6 +501,96 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       // The hub answered TCP, so it is up: whether it dropped us or refused, back off.
       slot.retry = setTimeout(() => this.dial(slot), slot.reconnect.delayMs('refused'));
     });
+  }
+
+  /**
+   * After a failed dial the slot tries the hub's next transport; once every
+   * transport failed in a row, that counts as one failed dial of the hub.
+   */
+  private nextTransport(slot: Slot): void {
+    const ladder = this.ladder(this.options.hubs[slot.hubCursor]);
+    slot.transportsFailed++;
+    slot.transport = ladder[(ladder.indexOf(slot.transport) + 1) % ladder.length];
+    if (slot.transportsFailed < ladder.length) return;
+    slot.transportsFailed = 0;
+    this.countFailedDial(slot);
+  }
+
+  private ladder(hub: HubAddress): TunnelTransport[] {
+    const ladder = this.dialer.transportsFor(hub, this.options.transports ?? TRANSPORT_ORDER);
+    // Without a proxy, a configuration of proxy alone still has to dial somehow.
+    return ladder.length > 0 ? ladder : ['tls'];
+  }
+
+  /** Where dials of a hub start: the transport that last carried a tunnel there, else the most preferred. */
+  private firstTransport(hub: HubAddress): TunnelTransport {
+    const ladder = this.ladder(hub);
+    const working = this.workingTransports.get(hubKey(hub));
+    return working !== undefined && ladder.includes(working) ? working : ladder[0];
+  }
+
+  private moveToHub(slot: Slot, cursor: number): void {
+    slot.hubCursor = cursor;
+    slot.transport = this.firstTransport(this.options.hubs[cursor]);
+    slot.transportsFailed = 0;
+  }
+
+  /**
+   * A tunnel on a fallback transport looks, now and then, whether one the
+   * configuration prefers works again (a firewall opened, a proxy no longer
+   * needed). It only proves the way (connection, mutual TLS, upgrade) and
+   * closes it; when it works, the tunnel is closed and redialled on it, and
+   * its streams resume as after any tunnel loss.
+   */
+  private schedulePreferredCheck(slot: Slot, hub: HubAddress): void {
+    this.stopPreferredCheck(slot);
+    const ladder = this.ladder(hub);
+    const preferred = ladder.slice(0, ladder.indexOf(slot.transport));
+    if (preferred.length === 0) return;
+    const every = this.options.preferredRetryMs ?? DEFAULT_PREFERRED_RETRY_MS;
+    slot.preferredCheck = setTimeout(() => void this.checkPreferred(slot, hub, preferred), every);
+    slot.preferredCheck.unref();
+  }
+
+  private async checkPreferred(slot: Slot, hub: HubAddress, preferred: TunnelTransport[]): Promise<void> {
+    slot.preferredCheck = null;
+    const tunnel = slot.tunnel;
+    for (const transport of preferred) {
+      const works = await this.tryTransport(slot, hub, transport);
+      if (this.stopped || slot.tunnel !== tunnel || tunnel === null || !slot.ready) return;
+      if (!works) continue;
+      this.options.log.info({ tunnel: slot.index, hub: `${hub.host}:${hub.port}`, from: slot.transport, to: transport }, 'preferred transport works again; moving the tunnel to it');
+      this.workingTransports.set(hubKey(hub), transport);
+      slot.transport = transport;
+      tunnel.close(`moving to the preferred transport ${transport}`);
+      return;
+    }
+    this.schedulePreferredCheck(slot, hub);
+  }
+
+  /** Whether a connection over `transport` gets through mutual TLS and the upgrade; it is closed before HELLO. */
+  private async tryTransport(slot: Slot, hub: HubAddress, transport: TunnelTransport): Promise<boolean> {
+    const { socket, connected } = this.dialer.connect(hub, transport);
+    slot.checking = socket;
+    try {
+      await connected;
+      const stream = await this.dialer.secure(socket, hub, transport);
+      stream.destroy();
+      return true;
+    } catch (err) {
+      this.options.log.debug({ tunnel: slot.index, transport, reason: (err as Error).message }, 'preferred transport still fails');
+      return false;
+    } finally {
+      if (slot.checking === socket) slot.checking = null;
+      socket.destroy();
+    }
+  }
+
+  private stopPreferredCheck(slot: Slot): void {
+    if (slot.preferredCheck !== null) clearTimeout(slot.preferredCheck);
+    slot.preferredCheck = null;
+    slot.checking?.destroy();
+    slot.checking = null;
   }
 
   /** A hub that keeps failing, refused or out of reach, gives way to the next one. */
@@ -428,8 +605,12 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       slot.lastHubId = null;
       this.emit('gave-up', slot.index);
     }
-    slot.hubCursor = (slot.hubCursor + 1) % this.options.hubs.length;
+    this.moveToHub(slot, (slot.hubCursor + 1) % this.options.hubs.length);
   }
+}
+
+function hubKey(hub: HubAddress): string {
+  return `${hub.host}:${hub.port}`;
 }
 
 /** FNV-1a: cheap, stable across processes and platforms. */
@@ -440,8 +621,4 @@ export function hashClientId(clientId: string): number {
     hash = Math.imul(hash, 0x01000193);
   }
   return hash >>> 0;
-}
-
-function isIpAddress(host: string): boolean {
-  return /^[\d.]+$/.test(host) || host.includes(':');
 }

@@ -55,10 +55,15 @@ export function validateConfig<S extends z.ZodType>(schema: S, layers: PlainObje
       (node, part) => (typeof node === 'object' && node !== null ? (node as Record<PropertyKey, unknown>)[part as PropertyKey] : undefined),
       merged,
     );
-    const shown = value === undefined ? 'missing' : Number.isNaN(value) ? 'not a number' : JSON.stringify(value);
+    const shown = value === undefined ? 'missing' : Number.isNaN(value) ? 'not a number' : withoutUrlPasswords(JSON.stringify(value));
     return `  ${key}: ${issue.message} (got ${shown})`;
   });
   throw new EdgemuxError('E_CONFIG', `invalid ${component} configuration:\n${problems.join('\n')}`);
+}
+
+/** A password in a URL (a proxy's) never reaches an error message or a log. */
+function withoutUrlPasswords(text: string): string {
+  return text.replace(/([a-z][a-z0-9+.-]*:\/\/[^/:@"\s]*):[^/@"\s]*@/gi, '$1:***@');
 }
 
 /** "host:port" → parts; throws E_CONFIG naming the key. */

@@ -1,9 +1,12 @@
 import tls from 'node:tls';
 import mqttPacket, { type Packet } from 'mqtt-packet';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { WebSocket } from 'ws';
 import { CloudHub } from '../../cloud-hub/hub.js';
 import { type Frame, FRAME_HEADER_SIZE, FrameType, writeFrameHeader } from '../../shared/frame-codec.js';
 import { LOCAL_CAPABILITIES } from '../../shared/hello.js';
+import { ALPN_HTTP, DEFAULT_WS_PATH } from '../../shared/transports/tunnel-port.js';
+import { WebSocketDuplex } from '../../shared/transports/ws-duplex.js';
 import { hubOptions, removePki, testPki } from '../support/chain.js';
 import { duplexPair } from '../support/duplex-pair.js';
 import { RawAgent } from '../support/raw-agent.js';
@@ -11,8 +14,9 @@ import { RawAgent } from '../support/raw-agent.js';
 /**
  * The hub's side of the tunnel protocol (docs/protocol.md), driven with raw
  * frames. Every case runs over each transport a tunnel can have: an
- * in-memory Duplex pair (the framing and rules alone) and real mutual TLS
- * (what agents use), so a difference between them is a bug in one of them.
+ * in-memory Duplex pair (the framing and rules alone), real mutual TLS and
+ * WebSocket in mutual TLS on the same port (what agents use), so a
+ * difference between them is a bug in one of them.
  */
 
 const AGENT_ID = 'agent-1';
@@ -29,7 +33,7 @@ const transports: Transport[] = [
     name: 'in-memory duplex',
     async connect(hub) {
       const [hubEnd, agentEnd] = duplexPair();
-      hub.acceptAuthenticatedConnection(hubEnd, AGENT_ID);
+      hub.acceptAuthenticatedConnection(hubEnd, { agentId: AGENT_ID });
       return new RawAgent(agentEnd);
     },
   },
@@ -40,6 +44,20 @@ const transports: Transport[] = [
       const socket = tls.connect({ host: '127.0.0.1', port: hub.tunnelAddress.port, ca: pki.ca, cert: pki.agents[AGENT_ID].cert, key: pki.agents[AGENT_ID].key });
       await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
       return new RawAgent(socket);
+    },
+  },
+  {
+    name: 'WebSocket in mutual TLS',
+    async connect(hub) {
+      const { pki } = await testPki();
+      const port = hub.tunnelAddress.port;
+      const ws = new WebSocket(`wss://127.0.0.1:${port}${DEFAULT_WS_PATH}`, {
+        createConnection: () =>
+          tls.connect({ host: '127.0.0.1', port, ca: pki.ca, cert: pki.agents[AGENT_ID].cert, key: pki.agents[AGENT_ID].key, ALPNProtocols: [ALPN_HTTP] }),
+        perMessageDeflate: false,
+      });
+      await new Promise<void>((resolve, reject) => ws.once('open', resolve).once('error', reject));
+      return new RawAgent(new WebSocketDuplex(ws));
     },
   },
 ];

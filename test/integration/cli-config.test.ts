@@ -8,8 +8,8 @@ const repo = resolve(import.meta.dirname, '../..');
 const dir = mkdtempSync(join(tmpdir(), 'edgemux-cli-config-'));
 
 /** Runs a CLI to completion; a bad configuration must stop it before it listens on anything. */
-function runCli(script: string, args: string[]): { status: number | null; stderr: string; stdout: string } {
-  const result = spawnSync(process.execPath, [join(repo, script), ...args], { encoding: 'utf8', timeout: 15_000 });
+function runCli(script: string, args: string[], env: NodeJS.ProcessEnv = process.env): { status: number | null; stderr: string; stdout: string } {
+  const result = spawnSync(process.execPath, [join(repo, script), ...args], { encoding: 'utf8', timeout: 15_000, env });
   return { status: result.status, stderr: result.stderr, stdout: result.stdout };
 }
 
@@ -36,6 +36,28 @@ describe('a bad configuration stops start-up with a message naming the key', () 
     expect(stderr).toMatch(/hubs\.0: expected host:port \(got "no-port-here"\)/);
     // A plain message for an operator, not a stack trace.
     expect(stderr).not.toMatch(/\n\s+at /);
+  });
+
+  it('edge-agent: a bad proxy or transport list is named, and the proxy password is never shown', () => {
+    const config = configFile(
+      'agent-proxy.yaml',
+      ['devPki: ' + join(dir, 'pki'), "transports: [tls, carrier-pigeon]", "proxy: { url: 'socks5://site:s3cret-pw@proxy.lan:1080' }", ''].join('\n'),
+    );
+    const { status, stderr } = runCli('dist/edge-agent/cli.js', ['--config', config]);
+    expect(status).toBe(2);
+    expect(stderr).toMatch(/transports\.1: .*\(got "carrier-pigeon"\)/);
+    expect(stderr).toMatch(/proxy\.url: expected http:\/\/\[user:password@\]host\[:port\] \(got "socks5:\/\/site:\*\*\*@proxy\.lan:1080"\)/);
+    expect(stderr).not.toContain('s3cret-pw');
+  });
+
+  it('edge-agent: a bad HTTPS_PROXY is named as such, without its password', () => {
+    const { status, stderr } = runCli('dist/edge-agent/cli.js', ['--dev-pki', join(dir, 'pki'), '--port', '0'], {
+      ...process.env,
+      HTTPS_PROXY: 'ftp://site:s3cret-pw@proxy.lan:21',
+    });
+    expect(status).toBe(2);
+    expect(stderr).toMatch(/HTTPS_PROXY: expected http:\/\/\[user:password@\]host\[:port\]/);
+    expect(stderr).not.toContain('s3cret-pw');
   });
 
   it('edge-agent: a flag that is not a number is named', () => {

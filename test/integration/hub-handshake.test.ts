@@ -1,11 +1,14 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { WebSocket } from 'ws';
 import { CloudHub } from '../../cloud-hub/hub.js';
 import { hubMetrics } from '../../cloud-hub/hub-metrics.js';
 import { EdgeAgent } from '../../edge-agent/agent.js';
 import { ENROLL_ALPN } from '../../shared/enrollment-wire.js';
 import { decodeFrames, FrameType } from '../../shared/frame-codec.js';
+import { ALPN_HTTP, DEFAULT_WS_PATH } from '../../shared/transports/tunnel-port.js';
+import { WebSocketDuplex } from '../../shared/transports/ws-duplex.js';
 import { agentOptions, eventually, hubOptions, removePki, testPki } from '../support/chain.js';
 
 /** A TCP connection to the tunnel port that never starts its TLS handshake. */
@@ -27,6 +30,15 @@ async function lingeringTlsClient(port: number, alpn?: string): Promise<{ socket
   socket.on('data', (chunk: Buffer) => received.push(chunk));
   await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
   return { socket, received };
+}
+
+/** A certificate holder that completes mutual TLS choosing HTTP by ALPN, then sends nothing. */
+async function silentHttpsConnection(port: number, credentials: { ca: string; cert: string; key: string }): Promise<{ socket: tls.TLSSocket; closed: Promise<number> }> {
+  const socket = tls.connect({ host: '127.0.0.1', port, ...credentials, ALPNProtocols: [ALPN_HTTP] });
+  await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
+  socket.on('error', () => {});
+  const closed = new Promise<number>((resolve) => socket.once('close', () => resolve(Date.now())));
+  return { socket, closed };
 }
 
 async function metricValue(hub: CloudHub, name: string): Promise<number> {
@@ -108,5 +120,43 @@ describe('tunnel port against strangers that never finish a handshake', () => {
 
     // Neither client closes its side; the hub drops both after its linger.
     await eventually(() => hub.stats().unauthenticated === 0, 4000, 'both connections dropped');
+  });
+
+  it('holds a WebSocket tunnel to the handshake timeout for its upgrade and counts it as unauthenticated until HELLO', async () => {
+    const { pki } = await testPki();
+    hub = await CloudHub.start(hubOptions(pki, { handshakeTimeoutMs: 300, maxUnauthenticated: 2 }));
+    const port = hub.tunnelAddress.port;
+    const credentials = { ca: pki.ca, cert: pki.agents['agent-1'].cert, key: pki.agents['agent-1'].key };
+
+    const noUpgrade = await silentHttpsConnection(port, credentials);
+    sockets.push(noUpgrade.socket);
+    const upgradedAt = Date.now();
+    const ws = new WebSocket(`wss://127.0.0.1:${port}${DEFAULT_WS_PATH}`, {
+      createConnection: () => tls.connect({ host: '127.0.0.1', port, ...credentials, ALPNProtocols: [ALPN_HTTP] }),
+      perMessageDeflate: false,
+    });
+    await new Promise<void>((resolve, reject) => ws.once('open', resolve).once('error', reject));
+    const upgraded = new WebSocketDuplex(ws);
+    upgraded.on('error', () => {});
+    expect(hub.stats().unauthenticated).toBe(2);
+    // The limit counts a WebSocket before its HELLO like any other connection.
+    const extra = await silentConnection(port);
+    sockets.push(extra.socket);
+    await extra.closed;
+    expect(hub.stats().unauthenticatedRefused).toBe(1);
+
+    const closedAt = await noUpgrade.closed;
+    expect(closedAt - upgradedAt).toBeLessThan(5000);
+    expect(hub.stats().handshakeTimeouts).toBe(1);
+    expect(await metricValue(hub, 'edgemux_hub_tunnel_handshake_timeouts_total')).toBe(1);
+    // The upgraded one is past the handshake: its HELLO timeout, not the handshake one, applies.
+    expect(upgraded.destroyed).toBe(false);
+    await eventually(() => hub.stats().unauthenticated === 1, 2000, 'the timed-out connection to be forgotten');
+
+    upgraded.destroy();
+    agent = await EdgeAgent.start(agentOptions(pki, port, { tunnels: 1, transports: ['websocket'] }));
+    await agent.pool.waitForTunnels(1);
+    await eventually(() => hub.stats().unauthenticated === 0, 2000, 'the WebSocket tunnel past HELLO to leave the count');
+    expect(agent.pool.tunnelsByTransport()).toMatchObject({ websocket: 1 });
   });
 });
