@@ -9,7 +9,9 @@ import { resolveRoute } from '../../cloud-hub/main.js';
 import { isEdgemuxError } from '../../shared/errors.js';
 import { quietLogger } from '../../shared/logger.js';
 import { type Chain, connectClient, eventually, removePki, startChain } from '../support/chain.js';
+import { duplexPair } from '../support/duplex-pair.js';
 import { itWithMosquitto, Mosquitto } from '../support/mosquitto.js';
+import { RawAgent } from '../support/raw-agent.js';
 
 const TOKEN = 'a'.repeat(20) + '-admin-test-token';
 
@@ -96,6 +98,24 @@ describe('hub admin API', () => {
       expect(tunnel.bytesIn).toBeGreaterThan(0);
       expect(tunnel.bytesOut).toBeGreaterThan(0);
     }
+  });
+
+  it('names each tunnel\'s transport: websocket on the tunnel port, external for a connection handed over without one', async () => {
+    await admin.close();
+    await chain.close();
+    await start({ agent: { transports: ['websocket'] } });
+    const [hubEnd, agentEnd] = duplexPair();
+    chain.hub.acceptAuthenticatedConnection(hubEnd, { agentId: 'handed-over' });
+    const handedOver = new RawAgent(agentEnd);
+    extra.push(async () => handedOver.destroy());
+    await handedOver.handshake();
+
+    type Agents = { agents: { agentId: string; tunnels: { transport: string; remote: string }[] }[] };
+    const { agents } = await json<Agents>('/api/v1/agents');
+    const transports = (agentId: string): string[] => agents.find((agent) => agent.agentId === agentId)!.tunnels.map((tunnel) => tunnel.transport);
+    expect(transports('agent-1')).toEqual(['websocket', 'websocket']);
+    expect(agents.find((agent) => agent.agentId === 'agent-1')!.tunnels[0].remote).toMatch(/^127\.0\.0\.1:\d+$/);
+    expect(transports('handed-over')).toEqual(['external']);
   });
 
   it('pages and searches devices on the server, and shows one device\'s session', async () => {

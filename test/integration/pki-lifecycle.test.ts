@@ -239,3 +239,48 @@ describe('TLS failures are named on both sides', () => {
     await eventually(() => droppedHandshakes() > droppedBefore, 5000, 'the hub explaining the dropped handshake');
   });
 });
+
+describe('the certificate gate on WebSocket tunnels', () => {
+  // The gate runs before the tunnel port hands a connection to its WebSocket listener: a certificate
+  // it refuses must not get a WebSocket tunnel, and the agent must read the refusal as on raw TLS.
+  const site = new PkiSite();
+  beforeAll(() => site.start());
+  afterAll(() => site.close());
+
+  const upFor = (agentId: string): number => site.hub.logged('agent tunnel up').filter((line) => line.agentId === agentId).length;
+
+  it('ends a revoked agent\'s WebSocket tunnels with GOODBYE revoked and refuses its redials by name', async () => {
+    const identityDir = await site.enroll('site-ws-rev');
+    const { agent } = await site.agent(['--identity-dir', identityDir, '--transports', 'websocket']);
+    await agent.waitForLog('tunnel up', 2);
+    expect(agent.logged('tunnel up').every((line) => line.transport === 'websocket')).toBe(true);
+
+    const revoked = await run('dist/cloud-hub/cli.js', ['pki', 'revoke', 'site-ws-rev', '--dir', site.pkiDir, '--reason', 'box stolen']);
+    expect(revoked.status, revoked.stderr).toBe(0);
+    const closed = (): LogLine[] => agent.logged('hub closed the tunnel').filter((line) => line.code === 'revoked');
+    await eventually(() => closed().length === 2, 2000, 'both WebSocket tunnels closed with the reason');
+
+    const refused = (): LogLine[] => agent.logged('hub refused the tunnel').filter((line) => line.code === 'revoked' && line.transport === 'websocket');
+    await eventually(() => refused().length >= 2, 5000, 'redials over WebSocket refused as revoked');
+    expect(refused()[0].reason).toContain('box stolen');
+    expect(site.hub.logged('tunnel refused').some((line) => line.problem === 'revoked' && line.agentId === 'site-ws-rev')).toBe(true);
+    expect(upFor('site-ws-rev')).toBe(2);
+    // Nothing is misread as a broken upgrade: a refusal is a refusal, not a failed transport.
+    expect(agent.logged('tunnel failed to come up').filter((line) => String(line.reason).startsWith('WebSocket:'))).toHaveLength(0);
+  }, 20_000);
+
+  it('refuses a certificate from another CA before the upgrade: unknown-ca at the agent, no tunnel', async () => {
+    const foreignDir = join(site.dir, 'foreign-ws');
+    await ensureDevPki(foreignDir, { agentIds: ['site-y'] });
+    writeFileSync(join(site.dir, 'foreign-ws.pem'), readFileSync(join(foreignDir, 'agent-site-y.pem')));
+    writeFileSync(join(site.dir, 'foreign-ws-key.pem'), readFileSync(join(foreignDir, 'agent-site-y-key.pem')), { mode: 0o600 });
+    const { agent } = await site.agent([
+      '--ca', join(site.pkiDir, 'ca.pem'), '--cert', join(site.dir, 'foreign-ws.pem'), '--key', join(site.dir, 'foreign-ws-key.pem'), '--transports', 'websocket',
+    ]);
+    const refused = (): LogLine[] => agent.logged('hub refused the tunnel').filter((line) => line.problem === 'unknown-ca' && line.transport === 'websocket');
+    await eventually(() => refused().length >= 2, 10_000, 'the WebSocket dials refused with unknown-ca');
+    expect(site.hub.logged('tunnel refused').some((line) => line.problem === 'unknown-ca' && line.presentedCn === 'site-y')).toBe(true);
+    expect(upFor('site-y')).toBe(0);
+    await agent.stop();
+  }, 20_000);
+});
