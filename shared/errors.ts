@@ -12,6 +12,7 @@ export type EdgemuxErrorCode =
   | 'E_FRAME_BAD_TYPE'
   | 'E_FRAME_MALFORMED'
   | 'E_STREAM_PROTOCOL'
+  | 'E_STREAM_LIFECYCLE'
   | 'E_TUNNEL_PROTOCOL'
   | 'E_TUNNEL_AUTH'
   | 'E_CONFIG'
