@@ -1,8 +1,9 @@
 import type { IConnectPacket } from 'mqtt-packet';
-import { FrameType } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
 import { MqttFramer, PacketType, packetTypeOf, PINGREQ_BYTES, streamPayloadProblem, wholePacketSize } from '../shared/mqtt-framing.js';
 import type { MuxStream, StreamSink } from '../shared/mux-stream.js';
+import { type CloseIntent, isAttached, isClosing } from '../shared/stream-lifecycle.js';
+import type { StreamEntry } from '../shared/stream-table.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import { effectiveKeepalive, parseConnack, refusalConnack } from '../shared/connack.js';
 import type { BrokerLink, BrokerLinkOwner } from './broker-link.js';
@@ -13,11 +14,12 @@ const BROKER_END_TIMEOUT_MS = 5000;
 /**
  * attached: its stream runs over a live tunnel.
  * detached: the tunnel is gone; the broker session stays up for the resume grace period.
- * closed: the broker connection is ended.
+ * closed: the stream is forgotten and the broker connection ended.
  */
 export type SessionState = 'attached' | 'detached' | 'closed';
 
 export type SessionStream = MuxStream<DeviceSession, Tunnel>;
+export type SessionEntry = StreamEntry<DeviceSession>;
 
 export interface DeviceSessionOptions {
   /** The client ID of the stream's OPEN; the hub admits only a CONNECT that names the same. */
@@ -37,7 +39,10 @@ export interface DeviceSessionOptions {
    * before the CONNECT is passed on.
    */
   admit(session: DeviceSession, connect: Buffer): void;
-  onClosed(session: DeviceSession): void;
+  /** The broker ended the session: the stream closes, now or once it resumes. */
+  brokerEnded(session: DeviceSession, close: CloseIntent): void;
+  /** The session must end at once, keeping nothing (docs/protocol.md 5.3 rule 7). */
+  refused(session: DeviceSession, close: CloseIntent): void;
 }
 
 /**
@@ -48,12 +53,11 @@ export interface DeviceSessionOptions {
  * PINGRESPs.
  */
 export class DeviceSession implements StreamSink, BrokerLinkOwner {
-  state: SessionState = 'attached';
   /** The device's connection to its broker; null until the hub has admitted the stream's CONNECT. */
   link: BrokerLink | null = null;
   readonly openedAt = Date.now();
-  stream!: SessionStream;
-  detachedAt = 0;
+  /** The hub's stream table holds the stream and its lifecycle state. */
+  private entry!: SessionEntry;
   /** QoS 0 messages dropped because the device could not take them. */
   droppedQos0 = 0;
   /** Traffic counters, read by the hub's sweep for the device registry. */
@@ -64,10 +68,6 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   /** Broker packets for the device waiting for stream credit; bounded by maxQueuedBytes. */
   private waiting: Buffer[] = [];
   private waitingBytes = 0;
-  /** This side sent (or, while detached, owes) CLOSE and waits for the agent's. */
-  private closing = false;
-  /** The highest RESUME attempt honoured; older ones arrive over abandoned tunnels. */
-  lastResumeAttempt = 0;
 
   /** The device's keepalive (MQTT 3.1.1 §3.1.2.10), or the server's when an MQTT 5 broker set one; 0 disables it. */
   private keepaliveSeconds = 0;
@@ -85,6 +85,21 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   /** Device bytes received but not yet credited back to the agent, because the broker link is full. */
   get heldCredit(): number {
     return this.creditHeldBack;
+  }
+
+  get stream(): SessionStream {
+    return this.entry.stream;
+  }
+
+  get state(): SessionState {
+    const state = this.entry.state;
+    if (state.phase === 'forgotten') return 'closed';
+    return isAttached(state) ? 'attached' : 'detached';
+  }
+
+  /** This side sent (or, while detached, owes) CLOSE and waits for the agent's. */
+  private get closing(): boolean {
+    return isClosing(this.entry.state);
   }
 
   get awaitingConnect(): boolean {
@@ -107,10 +122,7 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   refuse(reason: string, connack: Buffer | null): void {
     if (this.state === 'closed') return;
     if (connack !== null) this.stream.write(connack);
-    this.stream.carrier?.send({ type: FrameType.CLOSE, streamId: this.stream.id, body: { reason, abrupt: false } });
-    const link = this.link;
-    this.finish();
-    link?.destroy();
+    this.options.refused(this, { code: 'refused', reason, abrupt: false });
   }
 
   get clientId(): string {
@@ -121,8 +133,8 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     return this.options.agentId;
   }
 
-  bind(stream: SessionStream): void {
-    this.stream = stream;
+  bind(entry: SessionEntry): void {
+    this.entry = entry;
   }
 
   // device → broker
@@ -236,53 +248,6 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     }
   }
 
-  /** The tunnel under the stream died: hold the broker session for the resume grace period. */
-  detach(now: number): void {
-    if (this.state !== 'attached') return;
-    this.state = 'detached';
-    this.detachedAt = now;
-    this.stream.detach();
-  }
-
-  /** The agent resumed the stream on `tunnel`; replays what the agent has not received. */
-  reattach(tunnel: Tunnel, agentReceived: number, agentWindow: number): void {
-    if (this.state === 'closed') return;
-    this.state = 'attached';
-    this.stream.attach(tunnel, agentReceived, agentWindow);
-    if (this.closing) this.sendClose();
-  }
-
-  /**
-   * The agent closed the stream. If this side had already sent its CLOSE, the
-   * agent's confirms it; otherwise the device went away (`abrupt`: without
-   * DISCONNECT, so the broker publishes the will) and the agent gets a CLOSE back.
-   */
-  closeFromAgent(reason: string, abrupt: boolean): void {
-    if (this.state === 'closed') return;
-    if (this.closing) {
-      this.finish();
-      return;
-    }
-    this.options.log.debug({ clientId: this.clientId, reason, abrupt }, 'device session ended by agent');
-    this.stream.carrier?.send({ type: FrameType.CLOSE, streamId: this.stream.id, body: { reason: 'closed', abrupt: false } });
-    this.endBrokerSide();
-  }
-
-  /**
-   * The session cannot go on (resume grace period over, the agent or the hub
-   * going away): end the broker session as an abrupt disconnect, so the
-   * broker publishes the will unless it read the device's DISCONNECT.
-   */
-  expire(reason = 'resume grace period expired'): void {
-    if (this.state === 'closed') return;
-    if (this.closing) {
-      this.finish();
-      return;
-    }
-    this.options.log.info({ clientId: this.clientId, agentId: this.agentId, streamId: this.stream.id, reason }, 'device session ended');
-    this.endBrokerSide();
-  }
-
   brokerUnavailable(reason: string): void {
     if (this.state === 'closed') return;
     this.options.log.warn({ clientId: this.clientId, agentId: this.agentId, reason }, 'device refused: no broker');
@@ -297,33 +262,32 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
    */
   brokerClosed(): void {
     if (this.state === 'closed' || this.closing) return;
-    this.closing = true;
     this.waiting = [];
     this.waitingBytes = 0;
-    if (this.state === 'attached') this.sendClose();
+    this.options.brokerEnded(this, { code: 'broker-closed', reason: 'broker closed the session', abrupt: false });
   }
 
-  private sendClose(): void {
-    this.stream.carrier?.send({ type: FrameType.CLOSE, streamId: this.stream.id, body: { reason: 'broker closed the session', abrupt: false } });
-  }
-
-  private endBrokerSide(): void {
-    // Ending (not destroying) lets the broker read what the device sent last.
-    // The broker itself publishes the will unless it saw a DISCONNECT, which
-    // is exactly the abrupt case; the timer only guards a broker that stopped reading.
-    this.finish();
+  /**
+   * Ends the broker connection after the broker has read what the device
+   * sent last, without a DISCONNECT of ours: the broker publishes the will
+   * unless it read the device's own, which is exactly the abrupt case. The
+   * timer only guards a broker that stopped reading.
+   */
+  endBroker(): void {
     const link = this.link;
     if (link === null) return;
     link.push(null);
     setTimeout(() => link.destroy(), BROKER_END_TIMEOUT_MS).unref();
   }
 
-  private finish(): void {
-    this.state = 'closed';
-    this.stream.carrier?.streams.delete(this.stream.id);
-    this.stream.close();
+  /** Cuts the broker connection: a device that broke the rules, so the broker publishes the will. */
+  dropBroker(): void {
+    this.link?.destroy();
+  }
+
+  /** The stream is forgotten: nothing more goes to the device. */
+  released(): void {
     this.waiting = [];
     this.waitingBytes = 0;
-    this.options.onClosed(this);
   }
 }

@@ -4,21 +4,22 @@ import type { Aedes } from 'aedes';
 import type { IConnectPacket } from 'mqtt-packet';
 import { refusalConnack } from '../shared/connack.js';
 import { EdgemuxError, isEdgemuxError } from '../shared/errors.js';
-import { type ControlFrame, FrameType, type OpenBody, PROTOCOL_VERSION, type ResumeBody } from '../shared/frame-codec.js';
+import { type ControlFrame, FrameType, type OpenBody, PROTOCOL_VERSION } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
 import { parseConnect } from '../shared/mqtt-connect.js';
-import { MuxStream } from '../shared/mux-stream.js';
+import { StreamTable } from '../shared/stream-table.js';
 import { Tunnel } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 import { AppAccess, anonymousAccess, isLoopbackHost } from './app-access.js';
 import { BrokerPipe } from './broker-pipe.js';
 import { HUB_DEFAULTS } from './config.js';
-import { DeviceSession, type SessionStream } from './device-session.js';
+import type { DeviceSession, SessionEntry } from './device-session.js';
 import { type EmbeddedBroker, startEmbeddedBroker } from './embedded-broker.js';
 import type { PasswordFile } from './password-file.js';
 import { Registry } from './registry.js';
 import { SqlitePersistence } from './sqlite-persistence.js';
 import { Namespaces, type NamespaceRule, type Route, Router } from './routes.js';
+import { type AgentStreams, SessionStreams } from './session-streams.js';
 
 export interface HubOptions {
   tunnelHost: string;
@@ -79,30 +80,20 @@ export interface HubStats {
 }
 
 /** What the hub knows of one agent process (one worker of it): its streams outlive any one tunnel. */
-interface AgentRecord {
+interface AgentRecord extends AgentStreams {
   key: string;
-  agentId: string;
   worker: number;
   instance: string;
-  streams: Map<number, SessionStream>;
   /** Tunnels that completed HELLO and are not closed: while there is one, the instance holds the identity. */
   tunnels: Set<Tunnel>;
-  /** The instance said GOODBYE: none of its streams will resume, each ends as its tunnel goes. */
-  departed: boolean;
 }
 
 const SWEEP_INTERVAL_MS = 1000;
 /** How long a stream may go without its CONNECT after OPEN (as long as a tunnel has for its HELLO). */
 const CONNECT_TIMEOUT_MS = TUNNEL_DEFAULTS.helloTimeoutMs;
-/** An agent may ask for a large window, but the hub's replay memory per stream stays bounded. */
-const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 
 function tunnelContext(material: HubOptions['tls']): tls.SecureContextOptions {
   return { ca: material.ca, cert: material.cert, key: material.key, minVersion: 'TLSv1.3' };
-}
-
-function capWindow(window: number): number {
-  return Math.min(window, MAX_STREAM_WINDOW);
 }
 
 /**
@@ -121,6 +112,7 @@ export class CloudHub {
   private readonly reportedTraffic = new WeakMap<DeviceSession, DeviceSession['traffic']>();
   private readonly agents = new Map<string, AgentRecord>();
   private readonly tunnels = new Set<Tunnel>();
+  private readonly streams: SessionStreams<AgentRecord>;
   private readonly sweep: NodeJS.Timeout;
   private refusedTunnels = 0;
   private tunnelConnections = 0;
@@ -140,6 +132,17 @@ export class CloudHub {
     this.broker = embedded.broker;
     this.router = new Router(options.routes ?? []);
     this.namespaces = new Namespaces(options.namespaces ?? []);
+    this.streams = new SessionStreams({
+      streamWindow: options.streamWindow,
+      maxPacketSize: options.maxPacketSize,
+      maxQueuedBytes: options.maxQueuedBytes,
+      resumeGraceMs: options.resumeGraceMs,
+      connectTimeoutMs: CONNECT_TIMEOUT_MS,
+      log: options.log,
+      opened: (session) => this.sessions.add(session),
+      admit: (session, agent, open, connect, log) => this.admitSession(session, agent, open, connect, log),
+      closed: (session, agent) => this.sessionClosed(session, agent),
+    });
     tunnelServer.on('connection', (socket) => this.admitTunnelConnection(socket));
     tunnelServer.on('secureConnection', (socket) => this.acceptTunnel(socket));
     tunnelServer.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
@@ -314,7 +317,7 @@ export class CloudHub {
     clearInterval(this.sweep);
     const serverClosed = new Promise<void>((resolve) => this.tunnelServer.close(() => resolve()));
     this.reportTraffic();
-    for (const session of [...this.sessions]) session.expire('hub shutting down');
+    for (const record of this.agents.values()) this.streams.endAll(record, 'shutdown', 'hub shutting down');
     const withHello = new Set<Tunnel>();
     for (const record of this.agents.values()) for (const tunnel of record.tunnels) withHello.add(tunnel);
     for (const tunnel of this.tunnels) {
@@ -350,6 +353,8 @@ export class CloudHub {
       log,
     });
     let record: AgentRecord | null = null;
+    // DATA and ACK count once HELLO has named the agent, and only for its streams attached here.
+    tunnel.routeStreams((id) => record?.streams.attachedTo(tunnel, id)?.stream);
     const helloTimer = setTimeout(() => {
       if (record === null) tunnel.close('no HELLO in time');
     }, TUNNEL_DEFAULTS.helloTimeoutMs);
@@ -405,25 +410,13 @@ export class CloudHub {
     tunnel.on('goodbye', (body) => {
       if (record === null) return;
       log.info({ code: body.code, reason: body.reason, sessions: record.streams.size }, 'agent said goodbye; ending its sessions');
-      record.departed = true;
-      // Detached sessions have no tunnel left to end them; the attached ones end with their tunnel (below).
-      for (const stream of [...record.streams.values()]) {
-        if (stream.carrier === null) stream.sink.expire(`agent said goodbye: ${body.reason}`);
-      }
+      this.streams.departed(record, `agent said goodbye: ${body.reason}`);
     });
     tunnel.on('closed', (reason) => {
       clearTimeout(helloTimer);
       this.tunnels.delete(tunnel);
-      log.info({ reason, streams: tunnel.streams.size }, 'agent tunnel down');
-      const streams = [...tunnel.streams.values()] as SessionStream[];
-      tunnel.streams.clear();
-      if (record?.departed) {
-        // Its GOODBYE came behind this tunnel's last frames (a DISCONNECT among them): the broker has them all.
-        for (const stream of streams) stream.sink.expire('agent said goodbye');
-      } else {
-        const now = Date.now();
-        for (const stream of streams) stream.sink.detach(now);
-      }
+      log.info({ reason, streams: record?.streams.heldCount(tunnel) ?? 0 }, 'agent tunnel down');
+      if (record !== null) this.streams.tunnelClosed(tunnel, record);
       if (record !== null) {
         this.helloTunnels--;
         record.tunnels.delete(tunnel);
@@ -450,10 +443,10 @@ export class CloudHub {
     }
     if (known !== undefined) {
       log.info({ previousInstance: known.instance, sessions: known.streams.size }, 'agent restarted; ending its old sessions');
-      for (const stream of [...known.streams.values()]) stream.sink.expire('agent restarted');
+      this.streams.endAll(known, 'agent-restarted', 'agent restarted');
       for (const tunnel of known.tunnels) tunnel.close('agent restarted');
     }
-    const record: AgentRecord = { key, agentId, worker, instance, streams: new Map(), tunnels: new Set(), departed: false };
+    const record: AgentRecord = { key, agentId, worker, instance, streams: new StreamTable<SessionEntry>('hub'), tunnels: new Set(), departed: false };
     this.agents.set(key, record);
     return record;
   }
@@ -467,59 +460,30 @@ export class CloudHub {
   private onStreamControl(tunnel: Tunnel, record: AgentRecord, frame: ControlFrame, log: Logger): void {
     switch (frame.type) {
       case FrameType.OPEN:
-        this.openSession(tunnel, record, frame.streamId, frame.body, log);
+        this.streams.open(tunnel, record, frame.streamId, frame.body, log);
         return;
       case FrameType.RESUME:
-        this.resumeSession(tunnel, record, frame.streamId, frame.body, log);
+        this.streams.resume(tunnel, record, frame.streamId, frame.body, log);
         return;
-      case FrameType.CLOSE: {
-        const stream = record.streams.get(frame.streamId);
-        if (stream === undefined) {
-          // Answer, so an agent waiting to hear its CLOSE confirmed can let go.
-          tunnel.send({ type: FrameType.CLOSE, streamId: frame.streamId, body: { reason: 'unknown stream', abrupt: false } });
-        } else if (stream.carrier === tunnel) {
-          stream.sink.closeFromAgent(frame.body.reason, frame.body.abrupt);
-        }
+      case FrameType.CLOSE:
+        this.streams.closeReceived(tunnel, record, frame.streamId, frame.body.reason);
         return;
-      }
       default:
         log.warn({ streamId: frame.streamId, reason: `unexpected frame type ${frame.type}` }, 'ignoring frame');
     }
   }
 
-  private openSession(tunnel: Tunnel, record: AgentRecord, streamId: number, open: OpenBody, log: Logger): void {
-    if (record.streams.has(streamId) || streamId % 2 === 0) {
-      tunnel.close(`protocol violation: stream ${streamId} is in use or not an agent stream id`);
-      return;
+  /** A session's stream is forgotten: it leaves the session index, and its agent record when that is empty. */
+  private sessionClosed(session: DeviceSession, record: AgentRecord): void {
+    this.sessions.delete(session);
+    this.reportSessionTraffic(session);
+    // After a takeover the newer session owns the client ID.
+    if (this.sessionsByClientId.get(session.clientId) === session) {
+      this.sessionsByClientId.delete(session.clientId);
+      this.registry?.deviceDisconnected(session.clientId);
     }
-    // Nothing is decided on OPEN: it is a label beside the CONNECT, and the
-    // broker acts on the CONNECT. The session waits for it (admitSession).
-    const session = new DeviceSession({
-      clientId: open.clientId,
-      agentId: record.agentId,
-      maxPacketSize: this.options.maxPacketSize,
-      maxQueuedBytes: this.options.maxQueuedBytes,
-      log,
-      admit: (admitted, connect) => this.admitSession(admitted, record, open, connect, log),
-      onClosed: (closed) => {
-        this.sessions.delete(closed);
-        this.reportSessionTraffic(closed);
-        // After a takeover the newer session owns the client ID.
-        if (this.sessionsByClientId.get(closed.clientId) === closed) {
-          this.sessionsByClientId.delete(closed.clientId);
-          this.registry?.deviceDisconnected(closed.clientId);
-        }
-        this.droppedQos0OfClosedSessions += closed.droppedQos0;
-        if (record.streams.get(streamId) === closed.stream) record.streams.delete(streamId);
-        this.pruneAgent(record);
-      },
-    });
-    const stream: SessionStream = new MuxStream(streamId, tunnel, session, capWindow(open.window), this.options.streamWindow, this.options.maxPacketSize);
-    session.bind(stream);
-    tunnel.streams.set(streamId, stream);
-    record.streams.set(streamId, stream);
-    this.sessions.add(session);
-    tunnel.send({ type: FrameType.ACCEPT, streamId, body: { window: this.options.streamWindow, received: 0 } });
+    this.droppedQos0OfClosedSessions += session.droppedQos0;
+    this.pruneAgent(record);
   }
 
   /**
@@ -574,29 +538,6 @@ export class CloudHub {
     }
   }
 
-  private resumeSession(tunnel: Tunnel, record: AgentRecord, streamId: number, resume: ResumeBody, log: Logger): void {
-    const stream = record.streams.get(streamId);
-    if (stream === undefined || stream.sink.clientId !== resume.clientId || stream.sink.state === 'closed') {
-      log.info({ streamId, clientId: resume.clientId, reason: 'no such session on this hub' }, 'resume refused');
-      tunnel.send({ type: FrameType.CLOSE, streamId, body: { reason: 'unknown stream', abrupt: false } });
-      return;
-    }
-    if (resume.attempt <= stream.sink.lastResumeAttempt) {
-      log.debug({ streamId, attempt: resume.attempt }, 'stale RESUME ignored');
-      return;
-    }
-    stream.sink.lastResumeAttempt = resume.attempt;
-    // The agent may have given up on a tunnel this side still believes in.
-    if (stream.carrier !== null && stream.carrier !== tunnel) {
-      stream.carrier.streams.delete(streamId);
-      stream.sink.detach(Date.now());
-    }
-    tunnel.streams.set(streamId, stream);
-    tunnel.send({ type: FrameType.ACCEPT, streamId, body: { window: this.options.streamWindow, received: stream.receivedOffset } });
-    stream.sink.reattach(tunnel, resume.received, capWindow(resume.window));
-    log.debug({ streamId, clientId: resume.clientId }, 'stream resumed');
-  }
-
   /** Hands each session's traffic since the last report to the registry, which writes it in batches. */
   private reportTraffic(): void {
     if (this.registry === null) return;
@@ -620,16 +561,6 @@ export class CloudHub {
   private sweepSessions(): void {
     this.reportTraffic();
     const now = Date.now();
-    for (const session of this.sessions) {
-      if (session.state === 'detached' && now - session.detachedAt > this.options.resumeGraceMs) {
-        session.expire();
-      } else if (session.awaitingConnect && session.state === 'attached' && now - session.openedAt > CONNECT_TIMEOUT_MS) {
-        // The agent sends the CONNECT right behind the OPEN; a stream without one only holds memory.
-        this.options.log.info({ agentId: session.agentId, clientId: session.clientId, streamId: session.stream.id, reason: 'no CONNECT in time' }, 'device refused');
-        session.refuse('no CONNECT in time', null);
-      } else {
-        session.keepBrokerAlive(now);
-      }
-    }
+    for (const record of [...this.agents.values()]) this.streams.sweep(record, now);
   }
 }

@@ -115,6 +115,11 @@ export function isResuming(state: StreamState): boolean {
   return state.phase === 'resuming' || state.phase === 'closing-resuming';
 }
 
+/** Hub: a RESUME with this `attempt` is neither for a stream not held nor stale (11.6), so it is honoured. */
+export function honoursResume(state: StreamState, attempt: number): boolean {
+  return state.phase !== 'forgotten' && attempt > state.resumes;
+}
+
 export function graceExpired(state: StreamState, now: number, graceMs: number): boolean {
   return 'detachedAt' in state && now - state.detachedAt > graceMs;
 }
@@ -158,7 +163,7 @@ function transition(role: StreamRole, state: StreamState, event: StreamEvent): T
       if (state.phase === 'forgotten') return to(state, { type: 'send-close', close: UNKNOWN_STREAM });
       if (state.phase === 'resuming' || state.phase === 'closing-resuming') return null;
       // Sent before a RESUME already honoured, over a tunnel the agent has since left (11.6).
-      if (event.attempt <= state.resumes) return to(state);
+      if (!honoursResume(state, event.attempt)) return to(state);
       // Still attached elsewhere: the hub had not noticed that tunnel die (11.6 step 1).
       const leave: StreamEffect[] = isAttached(state) ? [{ type: 'detach' }] : [];
       const resume: StreamEffect[] = [...leave, { type: 'send-accept' }, { type: 'attach' }];

@@ -65,13 +65,18 @@ export interface TunnelEvents {
   closed: [reason: string];
 }
 
+/** Finds the stream attached to this tunnel with an id, for its DATA and ACK. */
+export type StreamLookup = (streamId: number) => MuxStream | undefined;
+
+const NO_STREAMS: StreamLookup = () => undefined;
+
 /**
  * One multiplexed connection: frame decoding, gathered writes, heartbeat and
- * dispatch of DATA/ACK to the streams riding on it. Stream lifecycle (OPEN,
- * CLOSE, RESUME) is left to the owner through 'control' events.
+ * dispatch of DATA/ACK to the streams riding on it. Which streams those are
+ * is the owner's stream table's to say (`routeStreams`); stream lifecycle
+ * (OPEN, CLOSE, RESUME) is left to the owner through 'control' events.
  */
 export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier {
-  readonly streams = new Map<number, MuxStream>();
   readonly traffic: TunnelTraffic = emptyTraffic();
   /** Largest frame payload the peer accepts, from its HELLO; until then our own. */
   peerMaxFramePayload: number;
@@ -90,6 +95,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   private lastReceivedAt = Date.now();
   private readonly heartbeat: NodeJS.Timeout;
   private readonly handler: FrameHandler;
+  private lookup: StreamLookup = NO_STREAMS;
 
   constructor(
     readonly socket: Duplex,
@@ -104,12 +110,12 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
       data: (streamId, payload) => {
         if (this.closedReason !== null) return;
         this.traffic.dataFramesIn++;
-        this.streams.get(streamId)?.onData(payload);
+        this.lookup(streamId)?.onData(payload);
       },
       ack: (streamId, consumed) => {
         if (this.closedReason !== null) return;
         this.traffic.ackFramesIn++;
-        this.streams.get(streamId)?.onAck(consumed);
+        this.lookup(streamId)?.onAck(consumed);
       },
       control: (frame) => {
         if (this.closedReason !== null) return;
@@ -124,6 +130,11 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     socket.on('end', () => this.close('peer ended the connection'));
     this.heartbeat = setInterval(() => this.beat(), options.heartbeatMs);
     this.heartbeat.unref();
+  }
+
+  /** DATA and ACK go to the streams `lookup` finds; until then they are ignored, as for streams not held. */
+  routeStreams(lookup: StreamLookup): void {
+    this.lookup = lookup;
   }
 
   get congested(): boolean {

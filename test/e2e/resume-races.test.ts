@@ -50,7 +50,7 @@ describe('resume races', () => {
 
   function carrierAndOther(agent: EdgeAgent): { carrier: Tunnel; other: Tunnel } {
     const tunnels = agent.pool.liveTunnels();
-    const carrier = tunnels.find((tunnel) => tunnel.streams.size > 0)!;
+    const carrier = tunnels.find((tunnel) => agent.streamsOn(tunnel) > 0)!;
     return { carrier, other: tunnels.find((tunnel) => tunnel !== carrier)! };
   }
 
