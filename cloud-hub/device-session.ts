@@ -8,6 +8,16 @@ import type { Tunnel } from '../shared/tunnel.js';
 import { effectiveKeepalive, parseConnack, refusalConnack } from '../shared/connack.js';
 import type { BrokerLink, BrokerLinkOwner } from './broker-link.js';
 
+type BrokerEndCode = 'broker-closed' | 'device-disconnected' | 'broker-unavailable' | 'slow-consumer' | 'packet-too-large';
+
+const END_DETAIL: Record<BrokerEndCode, string> = {
+  'broker-closed': 'broker closed the session',
+  'device-disconnected': 'broker closed the session after the device disconnected',
+  'broker-unavailable': 'no broker of the route could be reached',
+  'slow-consumer': 'device did not read its messages',
+  'packet-too-large': 'broker packet larger than the agent accepts',
+};
+
 /** How long a broker may take to read a closed device's last bytes before the link is cut. */
 const BROKER_END_TIMEOUT_MS = 5000;
 
@@ -68,6 +78,8 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   /** Broker packets for the device waiting for stream credit; bounded by maxQueuedBytes. */
   private waiting: Buffer[] = [];
   private waitingBytes = 0;
+  /** Why the broker connection is ending when the hub itself ended it. */
+  private endingAs: BrokerEndCode = 'broker-closed';
 
   /** The device's keepalive (MQTT 3.1.1 §3.1.2.10), or the server's when an MQTT 5 broker set one; 0 disables it. */
   private keepaliveSeconds = 0;
@@ -119,10 +131,10 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
    * no stream (docs/protocol.md 5.3, rule 7). A broker connection already
    * made is dropped, as for a device that broke the protocol.
    */
-  refuse(reason: string, connack: Buffer | null): void {
+  refuse(code: 'refused' | 'protocol-error' | 'connect-timeout', reason: string, connack: Buffer | null): void {
     if (this.state === 'closed') return;
     if (connack !== null) this.stream.write(connack);
-    this.options.refused(this, { code: 'refused', reason, abrupt: false });
+    this.options.refused(this, { code, reason, abrupt: false });
   }
 
   get clientId(): string {
@@ -145,8 +157,8 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     }
     const problem = streamPayloadProblem(payload, this.link === null, this.options.maxPacketSize);
     if (problem !== null) {
-      this.options.log.warn({ clientId: this.clientId, agentId: this.agentId, streamId: this.stream.id, reason: problem }, 'device session ended: protocol violation');
-      this.refuse(`protocol violation: ${problem}`, null);
+      this.options.log.warn({ clientId: this.clientId, agentId: this.agentId, streamId: this.stream.id, reason: 'protocol-error', detail: problem }, 'device session ended: protocol violation');
+      this.refuse('protocol-error', `protocol violation: ${problem}`, null);
       return;
     }
     if (this.link === null) {
@@ -154,6 +166,8 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
       if (this.link === null) return;
     }
     this.lastToBrokerAt = Date.now();
+    // The broker closes once it reads a DISCONNECT, which is always the device's last packet: that close is the device's doing.
+    if (packetTypeOf(payload) === PacketType.DISCONNECT) this.endingAs = 'device-disconnected';
     this.traffic.bytesToBroker += payload.length;
     this.traffic.packetsToBroker++;
     if (this.link!.push(payload)) {
@@ -197,9 +211,10 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     if (packet.length > this.stream.maxPeerPayload) {
       // The agent would close the whole tunnel on it; only this device's session ends.
       this.options.log.warn(
-        { clientId: this.clientId, agentId: this.agentId, bytes: packet.length, reason: 'packet larger than the agent accepts' },
+        { clientId: this.clientId, agentId: this.agentId, bytes: packet.length, reason: 'packet-too-large', detail: 'packet larger than the agent accepts' },
         'ending device session',
       );
+      this.endingAs = 'packet-too-large';
       this.link?.destroy();
       return;
     }
@@ -219,11 +234,12 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     this.waitingBytes += packet.length;
     if (this.waitingBytes > this.options.maxQueuedBytes && this.link !== null && !this.link.destroyed) {
       this.options.log.warn(
-        { clientId: this.clientId, agentId: this.agentId, queuedBytes: this.waitingBytes, reason: 'slow consumer' },
+        { clientId: this.clientId, agentId: this.agentId, queuedBytes: this.waitingBytes, reason: 'slow-consumer' },
         'device is not reading; ending its session',
       );
       this.waiting = [];
       this.waitingBytes = 0;
+      this.endingAs = 'slow-consumer';
       this.link.destroy();
     }
   }
@@ -250,8 +266,9 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
 
   brokerUnavailable(reason: string): void {
     if (this.state === 'closed') return;
-    this.options.log.warn({ clientId: this.clientId, agentId: this.agentId, reason }, 'device refused: no broker');
+    this.options.log.warn({ clientId: this.clientId, agentId: this.agentId, reason: 'broker-unavailable', detail: reason }, 'device refused: no broker');
     this.stream.write(refusalConnack(this.protocolVersion, 'server-unavailable'));
+    this.endingAs = 'broker-unavailable';
     this.brokerClosed();
   }
 
@@ -264,7 +281,7 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     if (this.state === 'closed' || this.closing) return;
     this.waiting = [];
     this.waitingBytes = 0;
-    this.options.brokerEnded(this, { code: 'broker-closed', reason: 'broker closed the session', abrupt: false });
+    this.options.brokerEnded(this, { code: this.endingAs, reason: END_DETAIL[this.endingAs], abrupt: false });
   }
 
   /**

@@ -1,4 +1,5 @@
 import { Counter, Gauge, Registry } from 'prom-client';
+import { endCounter } from '../shared/end-metrics.js';
 import type { CloudHub } from './hub.js';
 
 /** Gauges and counters read from the hub at scrape time. */
@@ -39,5 +40,7 @@ export function hubMetrics(hub: CloudHub): Registry {
     'Tunnel connections closed on accept because too many were unauthenticated',
     () => hub.stats().unauthenticatedRefused,
   );
+  endCounter(registry, 'edgemux_hub_stream_ends_total', 'Device streams ended, by reason (docs/errors.md)', () => hub.streamEnds);
+  endCounter(registry, 'edgemux_hub_tunnel_closes_total', 'Agent tunnels closed, by reason (docs/errors.md)', () => hub.tunnelEnds);
   return registry;
 }

@@ -3,6 +3,7 @@ import tls from 'node:tls';
 import type { Aedes } from 'aedes';
 import type { IConnectPacket } from 'mqtt-packet';
 import { refusalConnack } from '../shared/connack.js';
+import { EndCounts } from '../shared/end-reasons.js';
 import { EdgemuxError, isEdgemuxError } from '../shared/errors.js';
 import { type ControlFrame, FrameType, type OpenBody, PROTOCOL_VERSION } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
@@ -112,6 +113,8 @@ export class CloudHub {
   private readonly reportedTraffic = new WeakMap<DeviceSession, DeviceSession['traffic']>();
   private readonly agents = new Map<string, AgentRecord>();
   private readonly tunnels = new Set<Tunnel>();
+  /** Agent tunnels closed since start, by why. */
+  readonly tunnelEnds = new EndCounts();
   private readonly streams: SessionStreams<AgentRecord>;
   private readonly sweep: NodeJS.Timeout;
   private refusedTunnels = 0;
@@ -259,6 +262,11 @@ export class CloudHub {
     };
   }
 
+  /** Device streams ended since start, by why. */
+  get streamEnds(): EndCounts {
+    return this.streams.ends;
+  }
+
   private get unauthenticated(): number {
     return this.tunnelConnections - this.helloTunnels;
   }
@@ -322,7 +330,7 @@ export class CloudHub {
     for (const record of this.agents.values()) for (const tunnel of record.tunnels) withHello.add(tunnel);
     for (const tunnel of this.tunnels) {
       if (withHello.has(tunnel)) void tunnel.goodbye('shutdown', 'hub shutting down');
-      else tunnel.close('hub shutting down');
+      else tunnel.close('shutdown', 'hub shutting down');
     }
     await serverClosed;
     try {
@@ -356,19 +364,19 @@ export class CloudHub {
     // DATA and ACK count once HELLO has named the agent, and only for its streams attached here.
     tunnel.routeStreams((id) => record?.streams.attachedTo(tunnel, id)?.stream);
     const helloTimer = setTimeout(() => {
-      if (record === null) tunnel.close('no HELLO in time');
+      if (record === null) tunnel.close('hello-timeout', 'no HELLO in time');
     }, TUNNEL_DEFAULTS.helloTimeoutMs);
     this.tunnels.add(tunnel);
     tunnel.on('control', (frame) => {
       if (frame.type === FrameType.HELLO) {
         if (record !== null) {
-          tunnel.close('protocol violation: second HELLO');
+          tunnel.close('protocol-error', 'protocol violation: second HELLO');
           return;
         }
         clearTimeout(helloTimer);
         if (frame.body.version !== PROTOCOL_VERSION || frame.body.role !== 'agent') {
           log.warn({ reason: `HELLO version ${frame.body.version} role ${frame.body.role}` }, 'tunnel refused');
-          tunnel.close(`unsupported protocol version ${frame.body.version} or role ${frame.body.role}`);
+          tunnel.close('protocol-error', `unsupported protocol version ${frame.body.version} or role ${frame.body.role}`);
           return;
         }
         tunnel.peerMaxFramePayload = frame.body.maxFramePayload;
@@ -402,7 +410,7 @@ export class CloudHub {
       }
       if (record === null) {
         log.warn({ reason: `frame type ${frame.type} before HELLO` }, 'closing tunnel');
-        tunnel.close('protocol violation: frame before HELLO');
+        tunnel.close('protocol-error', 'protocol violation: frame before HELLO');
         return;
       }
       this.onStreamControl(tunnel, record, frame, log);
@@ -412,10 +420,11 @@ export class CloudHub {
       log.info({ code: body.code, reason: body.reason, sessions: record.streams.size }, 'agent said goodbye; ending its sessions');
       this.streams.departed(record, `agent said goodbye: ${body.reason}`);
     });
-    tunnel.on('closed', (reason) => {
+    tunnel.on('closed', (reason, detail) => {
       clearTimeout(helloTimer);
       this.tunnels.delete(tunnel);
-      log.info({ reason, streams: record?.streams.heldCount(tunnel) ?? 0 }, 'agent tunnel down');
+      this.tunnelEnds.add(reason);
+      log.info({ reason, detail, streams: record?.streams.heldCount(tunnel) ?? 0 }, 'agent tunnel down');
       if (record !== null) this.streams.tunnelClosed(tunnel, record);
       if (record !== null) {
         this.helloTunnels--;
@@ -444,7 +453,7 @@ export class CloudHub {
     if (known !== undefined) {
       log.info({ previousInstance: known.instance, sessions: known.streams.size }, 'agent restarted; ending its old sessions');
       this.streams.endAll(known, 'agent-restarted', 'agent restarted');
-      for (const tunnel of known.tunnels) tunnel.close('agent restarted');
+      for (const tunnel of known.tunnels) tunnel.close('agent-restarted', 'agent restarted');
     }
     const record: AgentRecord = { key, agentId, worker, instance, streams: new StreamTable<SessionEntry>('hub'), tunnels: new Set(), departed: false };
     this.agents.set(key, record);
@@ -466,7 +475,7 @@ export class CloudHub {
         this.streams.resume(tunnel, record, frame.streamId, frame.body, log);
         return;
       case FrameType.CLOSE:
-        this.streams.closeReceived(tunnel, record, frame.streamId, frame.body.reason);
+        this.streams.closeReceived(tunnel, record, frame.streamId, frame.body);
         return;
       default:
         log.warn({ streamId: frame.streamId, reason: `unexpected frame type ${frame.type}` }, 'ignoring frame');
@@ -493,15 +502,15 @@ export class CloudHub {
    * the device's protocol version.
    */
   private admitSession(session: DeviceSession, record: AgentRecord, open: OpenBody, bytes: Buffer, log: Logger): void {
-    const refuse = (reason: string, clientId: string, connack: Buffer | null): void => {
-      log.info({ clientId, streamId: session.stream.id, reason }, 'device refused');
-      session.refuse(reason, connack);
+    const refuse = (detail: string, clientId: string, connack: Buffer | null, reason: 'refused' | 'protocol-error' = 'refused'): void => {
+      log.info({ clientId, streamId: session.stream.id, reason, detail }, 'device refused');
+      session.refuse(reason, detail, connack);
     };
     let connect: IConnectPacket;
     try {
       connect = parseConnect(bytes);
     } catch (err) {
-      refuse(isEdgemuxError(err) ? `${err.code}: ${err.message}` : String(err), open.clientId, null);
+      refuse(isEdgemuxError(err) ? `${err.code}: ${err.message}` : String(err), open.clientId, null, 'protocol-error');
       return;
     }
     const { clientId, username } = connect;

@@ -1,9 +1,9 @@
-import type { EndCode } from '../shared/end-reasons.js';
+import { type EndCode, EndCounts, receivedEndCode } from '../shared/end-reasons.js';
 import { EdgemuxError } from '../shared/errors.js';
-import { FrameType, type OpenBody, type ResumeBody } from '../shared/frame-codec.js';
+import { type CloseBody, FrameType, type OpenBody, type ResumeBody } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
-import { graceExpired, honoursResume, isDetached, OPENED, type StreamEvent } from '../shared/stream-lifecycle.js';
+import { type CloseIntent, graceExpired, honoursResume, isDetached, OPENED, type StreamEvent } from '../shared/stream-lifecycle.js';
 import type { StreamTable } from '../shared/stream-table.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import { DeviceSession, type SessionEntry } from './device-session.js';
@@ -55,11 +55,14 @@ const HUB_DECIDED: ReadonlySet<EndCode> = new Set(['grace-expired', 'peer-depart
  * sends ACCEPT for a RESUME or CLOSE.
  */
 export class SessionStreams<A extends AgentStreams> {
+  /** Streams ended since start, by why. */
+  readonly ends = new EndCounts();
+
   constructor(private readonly options: SessionStreamsOptions<A>) {}
 
   open(tunnel: Tunnel, agent: A, streamId: number, open: OpenBody, log: Logger): void {
     if (agent.streams.get(streamId) !== undefined || streamId % 2 === 0) {
-      tunnel.close(`protocol violation: stream ${streamId} is in use or not an agent stream id`);
+      tunnel.close('protocol-error', `protocol violation: stream ${streamId} is in use or not an agent stream id`);
       return;
     }
     // Nothing is decided on OPEN: it is a label beside the CONNECT, and the
@@ -99,15 +102,16 @@ export class SessionStreams<A extends AgentStreams> {
   }
 
   /** The hub takes a stream's CLOSE only from the tunnel it is attached to (5.3 rule 6). */
-  closeReceived(tunnel: Tunnel, agent: A, streamId: number, reason: string): void {
+  closeReceived(tunnel: Tunnel, agent: A, streamId: number, close: CloseBody): void {
+    const event: StreamEvent = { type: 'close-received', code: receivedEndCode(close.code) };
     const entry = agent.streams.get(streamId);
     if (entry === undefined) {
       // Answer, so an agent waiting to hear its CLOSE confirmed can let go.
-      this.refuse(tunnel, agent, streamId, { type: 'close-received', code: 'closed' });
+      this.refuse(tunnel, agent, streamId, event);
       return;
     }
     if (agent.streams.attachedTo(tunnel, streamId) !== entry) return;
-    this.drive(agent, entry, tunnel, { type: 'close-received', code: 'closed' }, { reason });
+    this.drive(agent, entry, tunnel, event, { reason: close.reason });
   }
 
   /**
@@ -143,8 +147,8 @@ export class SessionStreams<A extends AgentStreams> {
         this.drive(agent, entry, null, { type: 'grace-expired' });
       } else if (session.awaitingConnect && entry.state.phase === 'attached' && now - session.openedAt > this.options.connectTimeoutMs) {
         // The agent sends the CONNECT right behind the OPEN; a stream without one only holds memory.
-        this.options.log.info({ agentId: agent.agentId, clientId: session.clientId, streamId: entry.id, reason: 'no CONNECT in time' }, 'device refused');
-        this.drive(agent, entry, entry.tunnel, { type: 'refused', close: { code: 'connect-timeout', reason: 'no CONNECT in time', abrupt: false } });
+        this.options.log.info({ agentId: agent.agentId, clientId: session.clientId, streamId: entry.id, reason: 'connect-timeout', detail: 'no CONNECT in time' }, 'device refused');
+        session.refuse('connect-timeout', 'no CONNECT in time', null);
       } else {
         session.keepBrokerAlive(now);
       }
@@ -154,7 +158,7 @@ export class SessionStreams<A extends AgentStreams> {
   /** The answer for a stream the hub does not hold. */
   private refuse(tunnel: Tunnel, agent: A, streamId: number, event: StreamEvent): void {
     for (const effect of agent.streams.stepForgotten(event)) {
-      if (effect.type === 'send-close') this.sendClose(tunnel, streamId, effect.close.reason, effect.close.abrupt);
+      if (effect.type === 'send-close') this.sendClose(tunnel, streamId, effect.close);
     }
   }
 
@@ -165,7 +169,7 @@ export class SessionStreams<A extends AgentStreams> {
     for (const effect of effects) {
       switch (effect.type) {
         case 'send-close':
-          if (tunnel !== null) this.sendClose(tunnel, entry.id, effect.close.reason, effect.close.abrupt);
+          if (tunnel !== null) this.sendClose(tunnel, entry.id, effect.close);
           break;
         case 'send-accept':
           tunnel!.send({ type: FrameType.ACCEPT, streamId: entry.id, body: { window: this.options.streamWindow, received: entry.stream.receivedOffset } });
@@ -183,6 +187,7 @@ export class SessionStreams<A extends AgentStreams> {
           else session.endBroker();
           break;
         case 'forget':
+          this.ends.add(effect.code);
           entry.stream.close();
           session.released();
           this.options.closed(session, agent);
@@ -194,12 +199,12 @@ export class SessionStreams<A extends AgentStreams> {
     }
   }
 
-  private sendClose(tunnel: Tunnel, streamId: number, reason: string, abrupt: boolean): void {
-    tunnel.send({ type: FrameType.CLOSE, streamId, body: { reason, abrupt } });
+  private sendClose(tunnel: Tunnel, streamId: number, close: CloseIntent): void {
+    tunnel.send({ type: FrameType.CLOSE, streamId, body: { code: close.code, reason: close.reason, abrupt: close.abrupt } });
   }
 
   private logEnd(agent: A, entry: SessionEntry, code: EndCode, detail: string | undefined): void {
-    const fields = { clientId: entry.stream.sink.clientId, agentId: agent.agentId, streamId: entry.id, reason: detail ?? code };
+    const fields = { clientId: entry.stream.sink.clientId, agentId: agent.agentId, streamId: entry.id, reason: code, detail };
     if (HUB_DECIDED.has(code)) this.options.log.info(fields, 'device session ended');
     else this.options.log.debug(fields, 'device session ended by agent');
   }

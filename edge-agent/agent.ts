@@ -1,7 +1,9 @@
 import net, { type AddressInfo } from 'node:net';
 import { assignedIdPrefix } from '../shared/assigned-client-id.js';
+import type { EndCounts } from '../shared/end-reasons.js';
 import type { Logger } from '../shared/logger.js';
 import { SocketBatcher } from '../shared/socket-batcher.js';
+import type { CloseIntent } from '../shared/stream-lifecycle.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import type { DeviceConnect } from './connect-packet.js';
 import { DeviceConnection, type DeviceHost } from './device-connection.js';
@@ -143,8 +145,13 @@ export class EdgeAgent implements DeviceHost {
     return this.streams.open(device, connect);
   }
 
-  closeStream(stream: DeviceStream, reason: string, abrupt: boolean): void {
-    this.streams.deviceEnded(stream, { code: abrupt ? 'device-lost' : 'device-disconnected', reason, abrupt });
+  closeStream(stream: DeviceStream, close: CloseIntent): void {
+    this.streams.deviceEnded(stream, close);
+  }
+
+  /** Device streams ended since start, by why. */
+  get streamEnds(): EndCounts {
+    return this.streams.ends;
   }
 
   /** Streams `tunnel` holds: attached to it, or with a RESUME outstanding there. */

@@ -1,4 +1,4 @@
-import type { EndCode } from '../shared/end-reasons.js';
+import { type EndCode, EndCounts, receivedEndCode } from '../shared/end-reasons.js';
 import { EdgemuxError } from '../shared/errors.js';
 import { type AcceptBody, type ControlFrame, FrameType } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
@@ -48,6 +48,8 @@ const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
  * says. The only place the agent sends CLOSE or RESUME.
  */
 export class DeviceStreams {
+  /** Streams ended since start, by why. */
+  readonly ends = new EndCounts();
   private readonly table = new StreamTable<DeviceStreamEntry>('agent');
   private nextStreamId = 1;
   /** Hubs (HELLO id) that said goodbye and have not come back: none of their streams can resume. */
@@ -117,7 +119,7 @@ export class DeviceStreams {
       }
       this.drive(frame.streamId, entry, tunnel, { type: 'accept-received' }, { accept: frame.body });
     } else if (frame.type === FrameType.CLOSE) {
-      this.drive(frame.streamId, entry, tunnel, { type: 'close-received', code: 'closed' }, { reason: frame.body.reason });
+      this.drive(frame.streamId, entry, tunnel, { type: 'close-received', code: receivedEndCode(frame.body.code) }, { reason: frame.body.reason });
     }
   }
 
@@ -186,7 +188,7 @@ export class DeviceStreams {
     for (const effect of effects) {
       switch (effect.type) {
         case 'send-close':
-          tunnel?.send({ type: FrameType.CLOSE, streamId, body: { reason: effect.close.reason, abrupt: effect.close.abrupt } });
+          tunnel?.send({ type: FrameType.CLOSE, streamId, body: { code: effect.close.code, reason: effect.close.reason, abrupt: effect.close.abrupt } });
           break;
         case 'send-resume': {
           const stream = entry!.stream;
@@ -211,6 +213,7 @@ export class DeviceStreams {
           this.endDevice(entry!.stream.sink, effect.code, context.reason);
           break;
         case 'forget':
+          this.ends.add(effect.code);
           entry!.stream.close();
           break;
         case 'send-accept':
@@ -221,8 +224,8 @@ export class DeviceStreams {
 
   /** Past the grace period the device must reconnect; a departed hub's devices are told the server is shutting down. */
   private endDevice(device: DeviceConnection, code: EndCode, reason: string | undefined): void {
-    if (code === 'grace-expired' || code === 'resume-failed') device.resumeExpired();
-    else device.closeFromHub(reason ?? code, code === 'peer-departed');
+    if (code === 'grace-expired' || code === 'resume-failed') device.resumeExpired(code);
+    else device.closeFromHub(code, reason ?? code, code === 'peer-departed');
   }
 
   private allocateStreamId(): number {

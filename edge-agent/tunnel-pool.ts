@@ -3,6 +3,7 @@ import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import tls from 'node:tls';
 import { ReconnectPolicy } from '../shared/backoff.js';
+import { type EndCode, EndCounts } from '../shared/end-reasons.js';
 import { type ControlFrame, FrameType, type GoodbyeBody, PROTOCOL_VERSION } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
 import { addTraffic, emptyTraffic, Tunnel, type TunnelTraffic } from '../shared/tunnel.js';
@@ -61,7 +62,7 @@ export interface TunnelRefusal {
 
 export interface TunnelPoolEvents {
   up: [tunnel: Tunnel, slot: number];
-  down: [tunnel: Tunnel, slot: number, reason: string];
+  down: [tunnel: Tunnel, slot: number, reason: EndCode];
   control: [tunnel: Tunnel, frame: ControlFrame];
   'gave-up': [slot: number];
 }
@@ -102,6 +103,8 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
   private readonly closedTraffic: TunnelTraffic = emptyTraffic();
   /** Tunnels hubs refused with GOODBYE, by its code. */
   readonly refusalCounts = new Map<string, number>();
+  /** Tunnels closed, by why. */
+  readonly tunnelEnds = new EndCounts();
   /** Identifies this process to the hub, so it can tell a reconnect from a restart. */
   readonly instance = randomUUID();
 
@@ -232,7 +235,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       if (tunnel === null) continue;
       if (slot.ready) closing.push(tunnel.goodbye('shutdown', reason));
       else {
-        tunnel.close(reason);
+        tunnel.close('shutdown', reason);
         closing.push(tunnel.socketClosed);
       }
     }
@@ -325,7 +328,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       log,
     });
     slot.tunnel = tunnel;
-    const helloTimer = setTimeout(() => tunnel.close('no HELLO from hub in time'), TUNNEL_DEFAULTS.helloTimeoutMs);
+    const helloTimer = setTimeout(() => tunnel.close('hello-timeout', 'no HELLO from hub in time'), TUNNEL_DEFAULTS.helloTimeoutMs);
     tunnel.on('goodbye', (body) => this.onGoodbye(slot, `${hub.host}:${hub.port}`, body, log));
     socket.once('secureConnect', () => {
       tunnel.send({
@@ -347,7 +350,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       if (frame.type === FrameType.HELLO) {
         clearTimeout(helloTimer);
         if (frame.body.version !== PROTOCOL_VERSION || frame.body.role !== 'hub') {
-          tunnel.close(`hub speaks protocol version ${frame.body.version} as ${frame.body.role}`);
+          tunnel.close('protocol-error', `hub speaks protocol version ${frame.body.version} as ${frame.body.role}`);
           return;
         }
         tunnel.peerMaxFramePayload = frame.body.maxFramePayload;
@@ -363,22 +366,23 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       }
       this.emit('control', tunnel, frame);
     });
-    tunnel.on('closed', (reason) => {
+    tunnel.on('closed', (reason, detail) => {
       clearTimeout(helloTimer);
       addTraffic(this.closedTraffic, tunnel.traffic);
+      this.tunnelEnds.add(reason);
       const wasReady = slot.ready;
       slot.ready = false;
       slot.tunnel = null;
       if (this.stopped) {
-        log.info({ reason }, 'tunnel closed');
+        log.info({ reason, detail }, 'tunnel closed');
         if (wasReady) this.emit('down', tunnel, slot.index, reason);
         return;
       }
       if (wasReady) {
-        log.warn({ reason }, 'tunnel down');
+        log.warn({ reason, detail }, 'tunnel down');
         this.emit('down', tunnel, slot.index, reason);
       } else {
-        log.warn({ reason }, 'tunnel failed to come up');
+        log.warn({ reason, detail }, 'tunnel failed to come up');
       }
       // A tunnel that was up is redialled on the same hub, where its streams can resume.
       if (wasReady) slot.failedDials = 0;

@@ -8,6 +8,7 @@ export const END_CODES = [
   'device-disconnected',
   'device-lost',
   'keepalive-expired',
+  'packet-too-large',
   // the broker side of a device (hub)
   'broker-closed',
   'broker-unavailable',
@@ -31,6 +32,8 @@ export const END_CODES = [
   'heartbeat-timeout',
   'transport-error',
   'peer-closed',
+  // a CLOSE without a code (a peer from before codes) or with one this side does not know
+  'unspecified',
 ] as const;
 
 export type EndCode = (typeof END_CODES)[number];
@@ -39,4 +42,22 @@ const END_CODE_SET: ReadonlySet<string> = new Set(END_CODES);
 
 export function isEndCode(value: unknown): value is EndCode {
   return typeof value === 'string' && END_CODE_SET.has(value);
+}
+
+/** The code a peer sent, as far as this side knows it. */
+export function receivedEndCode(value: unknown): EndCode {
+  return isEndCode(value) ? value : 'unspecified';
+}
+
+/** Counts ends by code, for the `reason` label of a metric. */
+export class EndCounts {
+  private readonly counts = new Map<EndCode, number>();
+
+  add(code: EndCode): void {
+    this.counts.set(code, (this.counts.get(code) ?? 0) + 1);
+  }
+
+  entries(): IterableIterator<[EndCode, number]> {
+    return this.counts.entries();
+  }
 }

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
-import { isEdgemuxError } from './errors.js';
+import type { EndCode } from './end-reasons.js';
+import { isBadInput } from './errors.js';
 import {
   ACK_PAYLOAD_SIZE,
   type ControlFrame,
@@ -62,7 +63,7 @@ export interface TunnelEvents {
   control: [frame: ControlFrame];
   /** The peer said GOODBYE; 'closed' follows at once. */
   goodbye: [body: GoodbyeBody];
-  closed: [reason: string];
+  closed: [code: EndCode, detail: string];
 }
 
 /** Finds the stream attached to this tunnel with an id, for its DATA and ACK. */
@@ -82,6 +83,9 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   peerMaxFramePayload: number;
   /** The peer's id from its HELLO (agent id or hub id). */
   peerId = '';
+  /** Why the tunnel closed, once it has. */
+  closedCode: EndCode | null = null;
+  /** The same in words, for logs. */
   closedReason: string | null = null;
   /** The peer's GOODBYE, once it said one: the tunnel closed because the peer is going away, not because the network failed. */
   peerGoodbye: GoodbyeBody | null = null;
@@ -125,9 +129,9 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     };
     socket.on('data', (chunk: Buffer) => this.onBytes(chunk));
     socket.on('drain', () => this.onDrain());
-    socket.on('error', (err) => this.close(`socket error: ${err.message}`));
-    socket.on('close', () => this.close('socket closed'));
-    socket.on('end', () => this.close('peer ended the connection'));
+    socket.on('error', (err) => this.close('transport-error', `socket error: ${err.message}`));
+    socket.on('close', () => this.close('peer-closed', 'socket closed'));
+    socket.on('end', () => this.close('peer-closed', 'peer ended the connection'));
     this.heartbeat = setInterval(() => this.beat(), options.heartbeatMs);
     this.heartbeat.unref();
   }
@@ -192,20 +196,21 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
    */
   goodbye(code: GoodbyeCode, reason: string): Promise<void> {
     this.send({ type: FrameType.GOODBYE, streamId: 0, body: { code, reason } });
-    this.close(`said goodbye (${code}): ${reason}`);
+    this.close(code, `said goodbye (${code}): ${reason}`);
     return this.socketClosed;
   }
 
-  close(reason: string): void {
+  close(code: EndCode, detail: string = code): void {
     if (this.closedReason !== null) return;
-    this.closedReason = reason;
+    this.closedCode = code;
+    this.closedReason = detail;
     clearInterval(this.heartbeat);
     if (this.ackTimer !== null) clearTimeout(this.ackTimer);
     this.pendingAcks.clear();
     this.writer.flush();
     this.endSocket();
     this.drainWaiters.clear();
-    this.emit('closed', reason);
+    this.emit('closed', code, detail);
   }
 
   /**
@@ -229,9 +234,10 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     try {
       this.decoder.push(chunk, this.handler);
     } catch (err) {
-      const reason = isEdgemuxError(err) ? `${err.code}: ${err.message}` : String(err);
-      this.options.log.warn({ reason }, 'closing tunnel on bad input');
-      this.close(reason);
+      if (!isBadInput(err)) throw err;
+      const detail = `${err.code}: ${err.message}`;
+      this.options.log.warn({ reason: 'protocol-error', detail }, 'closing tunnel on bad input');
+      this.close('protocol-error', detail);
     }
   }
 
@@ -244,7 +250,9 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     if (frame.type === FrameType.GOODBYE) {
       this.peerGoodbye = frame.body;
       this.emit('goodbye', frame.body);
-      this.close(`peer said goodbye (${frame.body.code}): ${frame.body.reason}`);
+      // A hub refusing the tunnel says why; any other GOODBYE is the peer going away.
+      const code = frame.body.code === 'identity-in-use' ? 'identity-in-use' : 'peer-departed';
+      this.close(code, `peer said goodbye (${frame.body.code}): ${frame.body.reason}`);
       return;
     }
     this.emit('control', frame);
@@ -266,7 +274,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   private beat(): void {
     if (Date.now() - this.lastReceivedAt > this.options.deadAfterMs) {
       this.options.log.warn({ silentMs: Date.now() - this.lastReceivedAt }, 'peer silent past the dead-peer limit');
-      this.close('heartbeat timeout');
+      this.close('heartbeat-timeout', 'heartbeat timeout');
       return;
     }
     this.send({ type: FrameType.PING, streamId: 0, body: { sentAt: Date.now() } });

@@ -79,7 +79,7 @@ describe('resume races', () => {
     stalled.holdUp = true;
     relay.byAgentPort(portOf(carrier)).agent.destroy();
     await sleep(500);
-    other.close('no bytes from the hub for too long');
+    other.close('heartbeat-timeout', 'no bytes from the hub for too long');
     await eventually(() => agent.stats().detached === 0 && agent.stats().tunnelsUp === 2, 5000, 'the stream to resume');
     relay.release(stalled);
     await sleep(300);

@@ -17,6 +17,7 @@ interface LogLine {
   clientId?: string;
   streamId?: number;
   reason?: string;
+  detail?: string;
 }
 
 function connect(clientId: string, options: { clean?: boolean; username?: string } = {}): Buffer {
@@ -112,8 +113,8 @@ describe('an agent speaks only for its own namespace, judged on the CONNECT the 
 
     const refusals = logs.filter((line) => line.msg === 'device refused');
     expect(refusals).toHaveLength(1);
-    expect(refusals[0]).toMatchObject({ agentId: 'agent-2', clientId: 'dev-a-1', streamId: 1 });
-    expect(refusals[0].reason).toContain('OPEN named "dev-b-1"');
+    expect(refusals[0]).toMatchObject({ agentId: 'agent-2', clientId: 'dev-a-1', streamId: 1, reason: 'refused' });
+    expect(refusals[0].detail).toContain('OPEN named "dev-b-1"');
     const devices = hub.registry!.devices().map((device) => [device.client_id, device.agent_id]);
     expect(devices).toEqual([['dev-a-1', 'agent-1']]);
   });

@@ -23,7 +23,7 @@ function entry(id: number, on: Tunnel): StreamEntry {
 }
 
 afterEach(() => {
-  for (const open of tunnels.splice(0)) open.close('test over');
+  for (const open of tunnels.splice(0)) open.close('shutdown', 'test over');
 });
 
 describe('stream table', () => {
