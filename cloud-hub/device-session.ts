@@ -1,4 +1,5 @@
 import type { IConnectPacket } from 'mqtt-packet';
+import type { Clock } from '../shared/clock.js';
 import type { Logger } from '../shared/logger.js';
 import { MqttFramer, PacketType, packetTypeOf, PINGREQ_BYTES, streamPayloadProblem, wholePacketSize } from '../shared/mqtt-framing.js';
 import type { MuxStream, StreamSink } from '../shared/mux-stream.js';
@@ -42,6 +43,8 @@ export interface DeviceSessionOptions {
    * without limit.
    */
   maxQueuedBytes: number;
+  /** Broker keepalive, CONNECT timeout and the broker's last read count on it. */
+  clock: Clock;
   log: Logger;
   /**
    * The stream's first packet, its CONNECT, arrived: the hub either refuses
@@ -65,14 +68,14 @@ export interface DeviceSessionOptions {
 export class DeviceSession implements StreamSink, BrokerLinkOwner {
   /** The device's connection to its broker; null until the hub has admitted the stream's CONNECT. */
   link: BrokerLink | null = null;
-  readonly openedAt = Date.now();
+  readonly openedAt: number;
   /** The hub's stream table holds the stream and its lifecycle state. */
   private entry!: SessionEntry;
   /** QoS 0 messages dropped because the device could not take them. */
   droppedQos0 = 0;
   /** Traffic counters, read by the hub's sweep for the device registry. */
   readonly traffic = { bytesToBroker: 0, packetsToBroker: 0, bytesToDevice: 0, packetsToDevice: 0 };
-  private lastToBrokerAt = Date.now();
+  private lastToBrokerAt: number;
   private readonly framer: MqttFramer;
   private creditHeldBack = 0;
   /** Broker packets for the device waiting for stream credit; bounded by maxQueuedBytes. */
@@ -87,6 +90,8 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
 
   constructor(private readonly options: DeviceSessionOptions) {
     this.framer = new MqttFramer(options.maxPacketSize);
+    this.openedAt = options.clock.now();
+    this.lastToBrokerAt = this.openedAt;
   }
 
   /** Broker output waiting for stream credit. */
@@ -165,7 +170,7 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
       this.options.admit(this, payload.subarray(0, wholePacketSize(payload, 0, this.options.maxPacketSize)));
       if (this.link === null) return;
     }
-    this.lastToBrokerAt = Date.now();
+    this.lastToBrokerAt = this.options.clock.now();
     // The broker closes once it reads a DISCONNECT, which is always the device's last packet: that close is the device's doing.
     if (packetTypeOf(payload) === PacketType.DISCONNECT) this.endingAs = 'device-disconnected';
     this.traffic.bytesToBroker += payload.length;
@@ -294,7 +299,7 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     const link = this.link;
     if (link === null) return;
     link.push(null);
-    setTimeout(() => link.destroy(), BROKER_END_TIMEOUT_MS).unref();
+    this.options.clock.setTimeout(() => link.destroy(), BROKER_END_TIMEOUT_MS);
   }
 
   /** Cuts the broker connection: a device that broke the rules, so the broker publishes the will. */

@@ -3,6 +3,7 @@ import tls from 'node:tls';
 import type { Aedes } from 'aedes';
 import type { IConnectPacket } from 'mqtt-packet';
 import { refusalConnack } from '../shared/connack.js';
+import { type Clock, systemClock, type Timer } from '../shared/clock.js';
 import { EndCounts } from '../shared/end-reasons.js';
 import { EdgemuxError, isEdgemuxError } from '../shared/errors.js';
 import { type ControlFrame, FrameType, type OpenBody, PROTOCOL_VERSION } from '../shared/frame-codec.js';
@@ -57,6 +58,8 @@ export interface HubOptions {
    * broker keeps its state in memory and there is no registry.
    */
   statePath?: string;
+  /** Time for the stream rules: grace periods, CONNECT timeouts, broker keepalives, tunnel heartbeats; the system clock when absent. */
+  clock?: Clock;
   log: Logger;
 }
 
@@ -116,7 +119,8 @@ export class CloudHub {
   /** Agent tunnels closed since start, by why. */
   readonly tunnelEnds = new EndCounts();
   private readonly streams: SessionStreams<AgentRecord>;
-  private readonly sweep: NodeJS.Timeout;
+  private readonly clock: Clock;
+  private readonly sweep: Timer;
   private refusedTunnels = 0;
   private tunnelConnections = 0;
   private helloTunnels = 0;
@@ -135,12 +139,14 @@ export class CloudHub {
     this.broker = embedded.broker;
     this.router = new Router(options.routes ?? []);
     this.namespaces = new Namespaces(options.namespaces ?? []);
+    this.clock = options.clock ?? systemClock;
     this.streams = new SessionStreams({
       streamWindow: options.streamWindow,
       maxPacketSize: options.maxPacketSize,
       maxQueuedBytes: options.maxQueuedBytes,
       resumeGraceMs: options.resumeGraceMs,
       connectTimeoutMs: CONNECT_TIMEOUT_MS,
+      clock: this.clock,
       log: options.log,
       opened: (session) => this.sessions.add(session),
       admit: (session, agent, open, connect, log) => this.admitSession(session, agent, open, connect, log),
@@ -159,8 +165,7 @@ export class CloudHub {
       // With a tlsClientError listener Node leaves the socket open, timeouts included.
       socket.destroy();
     });
-    this.sweep = setInterval(() => this.sweepSessions(), SWEEP_INTERVAL_MS);
-    this.sweep.unref();
+    this.sweep = this.clock.setInterval(() => this.sweepSessions(), SWEEP_INTERVAL_MS);
     // The registry keeps what it could not write and retries: one line when the
     // disk goes away and one when it is back, the count of failures in metrics.
     registry?.on('flushFailed', (err, failures) => {
@@ -322,7 +327,7 @@ export class CloudHub {
    * resume grace period as after a network failure.
    */
   async close(): Promise<void> {
-    clearInterval(this.sweep);
+    this.sweep.cancel();
     const serverClosed = new Promise<void>((resolve) => this.tunnelServer.close(() => resolve()));
     this.reportTraffic();
     for (const record of this.agents.values()) this.streams.endAll(record, 'shutdown', 'hub shutting down');
@@ -358,6 +363,7 @@ export class CloudHub {
       heartbeatMs: this.options.heartbeatMs,
       deadAfterMs: this.options.deadAfterMs,
       highWaterBytes: TUNNEL_DEFAULTS.highWaterBytes,
+      clock: this.clock,
       log,
     });
     let record: AgentRecord | null = null;
@@ -569,7 +575,7 @@ export class CloudHub {
 
   private sweepSessions(): void {
     this.reportTraffic();
-    const now = Date.now();
+    const now = this.clock.now();
     for (const record of [...this.agents.values()]) this.streams.sweep(record, now);
   }
 }

@@ -1,6 +1,7 @@
 import { type EndCode, EndCounts, receivedEndCode } from '../shared/end-reasons.js';
 import { EdgemuxError } from '../shared/errors.js';
 import { type CloseBody, FrameType, type OpenBody, type ResumeBody } from '../shared/frame-codec.js';
+import type { Clock } from '../shared/clock.js';
 import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import { type CloseIntent, graceExpired, honoursResume, isDetached, OPENED, type StreamEvent } from '../shared/stream-lifecycle.js';
@@ -23,6 +24,8 @@ export interface SessionStreamsOptions<A extends AgentStreams> {
   resumeGraceMs: number;
   /** How long an attached stream may go without its CONNECT after OPEN. */
   connectTimeoutMs: number;
+  /** Grace periods, CONNECT timeouts and broker keepalives count on it. */
+  clock: Clock;
   log: Logger;
   /** A session was opened; its CONNECT is still to come. */
   opened(session: DeviceSession, agent: A): void;
@@ -72,6 +75,7 @@ export class SessionStreams<A extends AgentStreams> {
       agentId: agent.agentId,
       maxPacketSize: this.options.maxPacketSize,
       maxQueuedBytes: this.options.maxQueuedBytes,
+      clock: this.options.clock,
       log,
       admit: (admitted, connect) => this.options.admit(admitted, agent, open, connect, log),
       brokerEnded: (ended, close) => this.drive(agent, entry, entry.tunnel, { type: 'local-end', close }),
@@ -120,7 +124,7 @@ export class SessionStreams<A extends AgentStreams> {
    * frames, a DISCONNECT among them perhaps, so the broker has them all).
    */
   tunnelClosed(tunnel: Tunnel, agent: A): void {
-    const now = Date.now();
+    const now = this.options.clock.now();
     for (const entry of agent.streams.heldBy(tunnel)) {
       this.drive(agent, entry, tunnel, agent.departed ? { type: 'abandon', code: 'peer-departed' } : { type: 'tunnel-lost', at: now });
     }

@@ -1,5 +1,6 @@
 import net, { type AddressInfo } from 'node:net';
 import { assignedIdPrefix } from '../shared/assigned-client-id.js';
+import { type Clock, systemClock, type Timer } from '../shared/clock.js';
 import type { EndCounts } from '../shared/end-reasons.js';
 import type { Logger } from '../shared/logger.js';
 import { SocketBatcher } from '../shared/socket-batcher.js';
@@ -35,6 +36,8 @@ export interface AgentOptions {
   reconnectProbeMs?: number;
   /** Jitter source for reconnect delays, in [0, 1); injected by tests. */
   random?: () => number;
+  /** Time for the stream rules: grace periods, device keepalives and CONNECT timeouts, tunnel heartbeats; the system clock when absent. */
+  clock?: Clock;
   log: Logger;
 }
 
@@ -65,15 +68,17 @@ export class EdgeAgent implements DeviceHost {
   readonly log: Logger;
   readonly maxPacketSize: number;
   readonly assignedIdPrefix: string;
+  readonly clock: Clock;
   deviceDisconnects = 0;
   private readonly streams: DeviceStreams;
-  private readonly sweep: NodeJS.Timeout;
+  private readonly sweep: Timer;
 
   private constructor(
     private readonly options: AgentOptions,
     private readonly server: net.Server,
   ) {
     this.log = options.log;
+    this.clock = options.clock ?? systemClock;
     this.maxPacketSize = options.maxPacketSize;
     this.assignedIdPrefix = assignedIdPrefix(options.agentId);
     this.pool = new TunnelPool({
@@ -91,6 +96,7 @@ export class EdgeAgent implements DeviceHost {
       backoffMaxMs: options.backoffMaxMs,
       probeMs: options.reconnectProbeMs,
       random: options.random,
+      clock: this.clock,
       log: options.log,
     });
     this.streams = new DeviceStreams({
@@ -98,6 +104,7 @@ export class EdgeAgent implements DeviceHost {
       streamWindow: options.streamWindow,
       maxPacketSize: options.maxPacketSize,
       resumeGraceMs: options.resumeGraceMs,
+      clock: this.clock,
       log: options.log,
     });
     this.pool.on('control', (tunnel, frame) => this.streams.onControl(tunnel, frame));
@@ -105,8 +112,7 @@ export class EdgeAgent implements DeviceHost {
     this.pool.on('up', (tunnel) => this.streams.tunnelUp(tunnel));
     this.pool.on('gave-up', () => this.streams.resumeDetached());
     server.on('connection', (socket) => this.devices.add(new DeviceConnection(socket, this)));
-    this.sweep = setInterval(() => this.sweepDevices(), SWEEP_INTERVAL_MS);
-    this.sweep.unref();
+    this.sweep = this.clock.setInterval(() => this.sweepDevices(), SWEEP_INTERVAL_MS);
   }
 
   static async start(options: AgentOptions): Promise<EdgeAgent> {
@@ -172,7 +178,7 @@ export class EdgeAgent implements DeviceHost {
    * the resume grace period as after a network failure.
    */
   async close(): Promise<void> {
-    clearInterval(this.sweep);
+    this.sweep.cancel();
     const listenerClosed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     const devicesClosed = [...this.devices].map((device) => device.shutDown('agent shutting down'));
     await this.pool.stop('agent shutting down');
@@ -181,7 +187,7 @@ export class EdgeAgent implements DeviceHost {
   }
 
   private sweepDevices(): void {
-    const now = Date.now();
+    const now = this.clock.now();
     for (const device of this.devices) device.checkTimers(now, this.options.connectTimeoutMs);
     this.streams.sweep(now);
   }

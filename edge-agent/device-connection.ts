@@ -6,6 +6,7 @@ import type { Logger } from '../shared/logger.js';
 import { MqttFramer, PacketType, packetTypeOf, PINGRESP_BYTES } from '../shared/mqtt-framing.js';
 import { topicProblem } from '../shared/mqtt-utf8.js';
 import type { MuxStream, StreamSink } from '../shared/mux-stream.js';
+import type { Clock } from '../shared/clock.js';
 import type { SocketBatcher } from '../shared/socket-batcher.js';
 import type { CloseIntent } from '../shared/stream-lifecycle.js';
 import type { Tunnel } from '../shared/tunnel.js';
@@ -19,6 +20,8 @@ export interface DeviceHost {
   readonly batcher: SocketBatcher;
   readonly maxPacketSize: number;
   readonly assignedIdPrefix: string;
+  /** Keepalive, CONNECT and drain timers count on it. */
+  readonly clock: Clock;
   /** Opens a stream for the device and sends its CONNECT; null when no tunnel is up. */
   openStream(device: DeviceConnection, connect: DeviceConnect): MuxStream<DeviceConnection, Tunnel> | null;
   /** Tells the hub the stream ended; `abrupt` makes the broker publish the will. */
@@ -92,7 +95,7 @@ export class DeviceConnection implements StreamSink {
     readonly socket: Socket,
     private readonly host: DeviceHost,
   ) {
-    this.timerStart = Date.now();
+    this.timerStart = host.clock.now();
     this.framer = new MqttFramer(host.maxPacketSize);
     (socket as DeviceSocket)[DEVICE] = this;
     socket.on('data', onDeviceBytes);
@@ -168,7 +171,7 @@ export class DeviceConnection implements StreamSink {
     this.host.log.debug({ clientId: this.clientId, reason: code, detail }, 'hub closed the device session');
     if (serverShuttingDown) this.sayServerShuttingDown();
     this.state = 'draining';
-    this.timerStart = Date.now();
+    this.timerStart = this.host.clock.now();
     this.socket.end();
   }
 
@@ -186,7 +189,7 @@ export class DeviceConnection implements StreamSink {
     });
     if (this.state === 'attached') this.sayServerShuttingDown();
     this.socket.end();
-    setTimeout(() => this.socket.destroy(), SHUTDOWN_LINGER_MS).unref();
+    this.host.clock.setTimeout(() => this.socket.destroy(), SHUTDOWN_LINGER_MS);
     this.onSocketClosed('shutdown', reason);
     return closed;
   }
@@ -203,7 +206,7 @@ export class DeviceConnection implements StreamSink {
 
   /** @internal */
   onBytes(chunk: Buffer): void {
-    if (this.state === 'attached') this.timerStart = Date.now();
+    if (this.state === 'attached') this.timerStart = this.host.clock.now();
     try {
       this.framer.push(chunk, (packet) => this.onPacket(packet));
     } catch (err) {
@@ -285,14 +288,14 @@ export class DeviceConnection implements StreamSink {
     this.awaitingConnack = true;
     this.stream = stream;
     this.state = 'attached';
-    this.timerStart = Date.now();
+    this.timerStart = this.host.clock.now();
   }
 
   /** Answers the CONNECT with a refusing CONNACK and waits for the device to close (the drain timeout cuts it off). */
   private refuse(reason: string, connack: Buffer): void {
     this.host.log.info({ clientId: this.clientId, remote: this.socket.remoteAddress, reason }, 'device refused');
     this.state = 'draining';
-    this.timerStart = Date.now();
+    this.timerStart = this.host.clock.now();
     this.socket.end(connack);
   }
 

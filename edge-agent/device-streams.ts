@@ -1,6 +1,7 @@
 import { type EndCode, EndCounts, receivedEndCode } from '../shared/end-reasons.js';
 import { EdgemuxError } from '../shared/errors.js';
 import { type AcceptBody, type ControlFrame, FrameType } from '../shared/frame-codec.js';
+import type { Clock } from '../shared/clock.js';
 import type { Logger } from '../shared/logger.js';
 import { MuxStream } from '../shared/mux-stream.js';
 import { type CloseIntent, graceExpired, isAttached, isDetached, isResuming, OPENED, type StreamEvent } from '../shared/stream-lifecycle.js';
@@ -29,6 +30,8 @@ export interface DeviceStreamsOptions {
   streamWindow: number;
   maxPacketSize: number;
   resumeGraceMs: number;
+  /** Grace periods count on it. */
+  clock: Clock;
   log: Logger;
 }
 
@@ -136,7 +139,7 @@ export class DeviceStreams {
       this.endStreamsOfDepartedHub(tunnel);
       return;
     }
-    const now = Date.now();
+    const now = this.options.clock.now();
     for (const entry of this.table.heldBy(tunnel)) this.drive(entry.id, entry, tunnel, { type: 'tunnel-lost', at: now });
     this.resumeDetached();
   }
@@ -175,7 +178,7 @@ export class DeviceStreams {
         ended++;
       } else if (entry.tunnel === tunnel) {
         // A stream of another hub that was asking to resume here asks again elsewhere.
-        this.drive(entry.id, entry, tunnel, { type: 'tunnel-lost', at: Date.now() });
+        this.drive(entry.id, entry, tunnel, { type: 'tunnel-lost', at: this.options.clock.now() });
       }
     }
     if (ended > 0) this.options.log.info({ hubId: tunnel.peerId, streams: ended, reason: 'peer-departed' }, 'closing the devices of a departed hub');

@@ -3,6 +3,7 @@ import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import tls from 'node:tls';
 import { ReconnectPolicy } from '../shared/backoff.js';
+import type { Clock } from '../shared/clock.js';
 import { type EndCode, EndCounts } from '../shared/end-reasons.js';
 import { type ControlFrame, FrameType, type GoodbyeBody, PROTOCOL_VERSION } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
@@ -48,6 +49,8 @@ export interface TunnelPoolOptions {
   probeMs?: number;
   /** Jitter source for reconnect delays, in [0, 1); injected by tests. */
   random?: () => number;
+  /** Tunnel heartbeats and dead-peer checks run on it; the system clock when absent. */
+  clock?: Clock;
   log: Logger;
 }
 
@@ -325,6 +328,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       heartbeatMs: this.options.heartbeatMs,
       deadAfterMs: this.options.deadAfterMs,
       highWaterBytes: TUNNEL_DEFAULTS.highWaterBytes,
+      clock: this.options.clock,
       log,
     });
     slot.tunnel = tunnel;

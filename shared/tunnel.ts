@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
+import { type Clock, systemClock, type Timer } from './clock.js';
 import type { EndCode } from './end-reasons.js';
 import { isBadInput } from './errors.js';
 import {
@@ -36,6 +37,8 @@ export interface TunnelOptions {
   highWaterBytes: number;
   /** How long a closing tunnel waits for the peer to take its last frames; TUNNEL_DEFAULTS.closeLingerMs when absent. */
   closeLingerMs?: number;
+  /** Heartbeat, dead-peer check and quiet ACKs run on it; the system clock when absent. */
+  clock?: Clock;
   log: Logger;
 }
 
@@ -95,9 +98,10 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   private readonly decoder: FrameDecoder;
   private readonly drainWaiters = new Set<MuxStream>();
   private readonly pendingAcks = new Set<MuxStream>();
-  private ackTimer: NodeJS.Timeout | null = null;
-  private lastReceivedAt = Date.now();
-  private readonly heartbeat: NodeJS.Timeout;
+  private ackTimer: Timer | null = null;
+  private readonly clock: Clock;
+  private lastReceivedAt: number;
+  private readonly heartbeat: Timer;
   private readonly handler: FrameHandler;
   private lookup: StreamLookup = NO_STREAMS;
 
@@ -108,6 +112,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     super();
     this.socketClosed = new Promise((resolve) => socket.once('close', () => resolve()));
     this.peerMaxFramePayload = options.maxFramePayload;
+    this.clock = options.clock ?? systemClock;
+    this.lastReceivedAt = this.clock.now();
     this.writer = new FrameWriter(socket);
     this.decoder = new FrameDecoder(options.maxFramePayload);
     this.handler = {
@@ -132,8 +138,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     socket.on('error', (err) => this.close('transport-error', `socket error: ${err.message}`));
     socket.on('close', () => this.close('peer-closed', 'socket closed'));
     socket.on('end', () => this.close('peer-closed', 'peer ended the connection'));
-    this.heartbeat = setInterval(() => this.beat(), options.heartbeatMs);
-    this.heartbeat.unref();
+    this.heartbeat = this.clock.setInterval(() => this.beat(), options.heartbeatMs);
   }
 
   /** DATA and ACK go to the streams `lookup` finds; until then they are ignored, as for streams not held. */
@@ -179,7 +184,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   scheduleAck(stream: MuxStream): void {
     this.pendingAcks.add(stream);
     if (this.ackTimer === null && this.closedReason === null) {
-      this.ackTimer = setTimeout(() => this.flushAcks(), QUIET_ACK_DELAY_MS);
+      this.ackTimer = this.clock.setTimeout(() => this.flushAcks(), QUIET_ACK_DELAY_MS);
     }
   }
 
@@ -204,8 +209,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     if (this.closedReason !== null) return;
     this.closedCode = code;
     this.closedReason = detail;
-    clearInterval(this.heartbeat);
-    if (this.ackTimer !== null) clearTimeout(this.ackTimer);
+    this.heartbeat.cancel();
+    this.ackTimer?.cancel();
     this.pendingAcks.clear();
     this.writer.flush();
     this.endSocket();
@@ -220,16 +225,15 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
    */
   private endSocket(): void {
     if (this.socket.destroyed) return;
-    const linger = setTimeout(() => this.socket.destroy(), this.options.closeLingerMs ?? TUNNEL_DEFAULTS.closeLingerMs);
-    linger.unref();
-    this.socket.once('close', () => clearTimeout(linger));
+    const linger = this.clock.setTimeout(() => this.socket.destroy(), this.options.closeLingerMs ?? TUNNEL_DEFAULTS.closeLingerMs);
+    this.socket.once('close', () => linger.cancel());
     this.socket.end();
   }
 
   private onBytes(chunk: Buffer): void {
     // A closing tunnel still reads until the peer closes, but acts on nothing.
     if (this.closedReason !== null) return;
-    this.lastReceivedAt = Date.now();
+    this.lastReceivedAt = this.clock.now();
     this.traffic.bytesIn += chunk.length;
     try {
       this.decoder.push(chunk, this.handler);
@@ -272,11 +276,12 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   }
 
   private beat(): void {
-    if (Date.now() - this.lastReceivedAt > this.options.deadAfterMs) {
-      this.options.log.warn({ silentMs: Date.now() - this.lastReceivedAt }, 'peer silent past the dead-peer limit');
+    const now = this.clock.now();
+    if (now - this.lastReceivedAt > this.options.deadAfterMs) {
+      this.options.log.warn({ silentMs: now - this.lastReceivedAt }, 'peer silent past the dead-peer limit');
       this.close('heartbeat-timeout', 'heartbeat timeout');
       return;
     }
-    this.send({ type: FrameType.PING, streamId: 0, body: { sentAt: Date.now() } });
+    this.send({ type: FrameType.PING, streamId: 0, body: { sentAt: now } });
   }
 }
