@@ -1,27 +1,25 @@
 import type { AddressInfo, Socket } from 'node:net';
 import tls from 'node:tls';
 import type { Aedes } from 'aedes';
-import type { IConnectPacket } from 'mqtt-packet';
-import { refusalConnack } from '../shared/connack.js';
 import { type Clock, systemClock, type Timer } from '../shared/clock.js';
 import { EndCounts } from '../shared/end-reasons.js';
-import { EdgemuxError, isEdgemuxError } from '../shared/errors.js';
-import { type ControlFrame, FrameType, type OpenBody, PROTOCOL_VERSION } from '../shared/frame-codec.js';
+import { EdgemuxError } from '../shared/errors.js';
+import { type ControlFrame, FrameType, PROTOCOL_VERSION } from '../shared/frame-codec.js';
 import type { Logger } from '../shared/logger.js';
-import { parseConnect } from '../shared/mqtt-connect.js';
-import { StreamTable } from '../shared/stream-table.js';
 import { Tunnel } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
+import { type AgentRecord, AgentRecords } from './agent-records.js';
 import { AppAccess, anonymousAccess, isLoopbackHost } from './app-access.js';
-import { BrokerPipe } from './broker-pipe.js';
 import { HUB_DEFAULTS } from './config.js';
-import type { DeviceSession, SessionEntry } from './device-session.js';
+import type { DeviceSession } from './device-session.js';
 import { type EmbeddedBroker, startEmbeddedBroker } from './embedded-broker.js';
 import type { PasswordFile } from './password-file.js';
 import { Registry } from './registry.js';
+import type { NamespaceRule, Route } from './routes.js';
+import { SessionAdmission } from './session-admission.js';
+import { SessionIndex } from './session-index.js';
+import { SessionStreams } from './session-streams.js';
 import { SqlitePersistence } from './sqlite-persistence.js';
-import { Namespaces, type NamespaceRule, type Route, Router } from './routes.js';
-import { type AgentStreams, SessionStreams } from './session-streams.js';
 
 export interface HubOptions {
   tunnelHost: string;
@@ -83,15 +81,6 @@ export interface HubStats {
   unauthenticatedRefused: number;
 }
 
-/** What the hub knows of one agent process (one worker of it): its streams outlive any one tunnel. */
-interface AgentRecord extends AgentStreams {
-  key: string;
-  worker: number;
-  instance: string;
-  /** Tunnels that completed HELLO and are not closed: while there is one, the instance holds the identity. */
-  tunnels: Set<Tunnel>;
-}
-
 const SWEEP_INTERVAL_MS = 1000;
 /** How long a stream may go without its CONNECT after OPEN (as long as a tunnel has for its HELLO). */
 const CONNECT_TIMEOUT_MS = TUNNEL_DEFAULTS.helloTimeoutMs;
@@ -106,15 +95,9 @@ function tunnelContext(material: HubOptions['tls']): tls.SecureContextOptions {
  */
 export class CloudHub {
   readonly broker: Aedes;
-  readonly sessions = new Set<DeviceSession>();
-  private router: Router;
-  private namespaces: Namespaces;
-  private droppedQos0OfClosedSessions = 0;
-  private readonly sessionsByClientId = new Map<string, DeviceSession>();
-  /** Without a registry: every client ID a device has used on this hub, which no application may take. */
-  private readonly deviceClientIds = new Set<string>();
-  private readonly reportedTraffic = new WeakMap<DeviceSession, DeviceSession['traffic']>();
-  private readonly agents = new Map<string, AgentRecord>();
+  private readonly index: SessionIndex;
+  private readonly admission: SessionAdmission;
+  private readonly agents: AgentRecords;
   private readonly tunnels = new Set<Tunnel>();
   /** Agent tunnels closed since start, by why. */
   readonly tunnelEnds = new EndCounts();
@@ -137,8 +120,8 @@ export class CloudHub {
     readonly registry: Registry | null,
   ) {
     this.broker = embedded.broker;
-    this.router = new Router(options.routes ?? []);
-    this.namespaces = new Namespaces(options.namespaces ?? []);
+    this.index = new SessionIndex(registry);
+    this.admission = new SessionAdmission(options.routes ?? [], options.namespaces ?? [], embedded.broker, this.index);
     this.clock = options.clock ?? systemClock;
     this.streams = new SessionStreams({
       streamWindow: options.streamWindow,
@@ -148,9 +131,16 @@ export class CloudHub {
       connectTimeoutMs: CONNECT_TIMEOUT_MS,
       clock: this.clock,
       log: options.log,
-      opened: (session) => this.sessions.add(session),
-      admit: (session, agent, open, connect, log) => this.admitSession(session, agent, open, connect, log),
-      closed: (session, agent) => this.sessionClosed(session, agent),
+      opened: (session) => this.index.opened(session),
+      admit: (session, agent, open, connect, log) => this.admission.admit(session, agent.agentId, open, connect, log),
+      closed: (session, agent) => {
+        this.index.closed(session);
+        this.agents.prune(agent);
+      },
+    });
+    this.agents = new AgentRecords((retired) => {
+      this.streams.endAll(retired, 'agent-restarted', 'agent restarted');
+      for (const tunnel of retired.tunnels) tunnel.close('agent-restarted', 'agent restarted');
     });
     tunnelServer.on('connection', (socket) => this.admitTunnelConnection(socket));
     tunnelServer.on('secureConnection', (socket) => this.acceptTunnel(socket));
@@ -230,10 +220,14 @@ export class CloudHub {
     return this.embedded.appServer.address() as AddressInfo;
   }
 
+  /** The device sessions held. */
+  get sessions(): ReadonlySet<DeviceSession> {
+    return this.index.sessions;
+  }
+
   /** A client ID a device uses now or has used through a tunnel (recorded in the registry when there is one). */
   isDeviceClientId(clientId: string): boolean {
-    if (this.sessionsByClientId.has(clientId)) return true;
-    return this.registry !== null ? this.registry.knowsDevice(clientId) : this.deviceClientIds.has(clientId);
+    return this.index.isDeviceClientId(clientId);
   }
 
   stats(): HubStats {
@@ -241,18 +235,15 @@ export class CloudHub {
     let queuedBytes = 0;
     let replayBytes = 0;
     let brokerHeldBytes = 0;
-    let droppedQos0 = this.droppedQos0OfClosedSessions;
     for (const session of this.sessions) {
       if (session.state === 'detached') detached++;
       queuedBytes += session.queuedBytes;
       replayBytes += session.stream.replayBytes;
       brokerHeldBytes += session.link?.heldBytes ?? 0;
-      droppedQos0 += session.droppedQos0;
     }
-    const agents = new Set<string>();
-    for (const record of this.agents.values()) if (record.tunnels.size > 0) agents.add(record.agentId);
+    const droppedQos0 = this.index.droppedQos0;
     return {
-      agents: agents.size,
+      agents: this.agents.connectedAgents,
       tunnels: this.tunnels.size,
       sessions: this.sessions.size,
       detached,
@@ -298,21 +289,14 @@ export class CloudHub {
     socket.once('close', () => this.tunnelConnections--);
   }
 
-  /**
-   * Routes for devices that connect from now on. A session keeps the broker
-   * connection it has: a route's group is only consulted when a session opens,
-   * and its links hold their own sockets, so the old groups can stop their
-   * health checks at once without touching a connected device.
-   */
+  /** Routes for devices that connect from now on; connected devices keep their broker connections. */
   replaceRoutes(routes: Route[]): void {
-    const old = this.router;
-    this.router = new Router(routes);
-    old.close();
+    this.admission.replaceRoutes(routes);
   }
 
   /** Namespace rules for devices that connect from now on; connected devices were checked on their CONNECT and stay. */
   replaceNamespaces(rules: NamespaceRule[]): void {
-    this.namespaces = new Namespaces(rules);
+    this.admission.replaceNamespaces(rules);
   }
 
   /** Certificate, key and agent CA for tunnels that connect from now on; tunnels already up keep their session. */
@@ -329,7 +313,7 @@ export class CloudHub {
   async close(): Promise<void> {
     this.sweep.cancel();
     const serverClosed = new Promise<void>((resolve) => this.tunnelServer.close(() => resolve()));
-    this.reportTraffic();
+    this.index.reportTraffic();
     for (const record of this.agents.values()) this.streams.endAll(record, 'shutdown', 'hub shutting down');
     const withHello = new Set<Tunnel>();
     for (const record of this.agents.values()) for (const tunnel of record.tunnels) withHello.add(tunnel);
@@ -344,7 +328,7 @@ export class CloudHub {
       // The broker's own state is written next, whatever happened to the registry's.
       this.options.log.error({ reason: (err as { code?: string }).code ?? (err as Error).message }, 'registry not written at stop');
     }
-    this.router.close();
+    this.admission.close();
     await this.embedded.close();
   }
 
@@ -386,7 +370,7 @@ export class CloudHub {
           return;
         }
         tunnel.peerMaxFramePayload = frame.body.maxFramePayload;
-        const admitted = this.registerAgent(agentId, frame.body.worker ?? 0, frame.body.instance, log);
+        const admitted = this.agents.register(agentId, frame.body.worker ?? 0, frame.body.instance, log);
         if (typeof admitted === 'string') {
           this.refusedTunnels++;
           log.warn({ worker: frame.body.worker ?? 0, instance: frame.body.instance, helloId: frame.body.id, reason: admitted }, 'tunnel refused');
@@ -436,40 +420,9 @@ export class CloudHub {
         this.helloTunnels--;
         record.tunnels.delete(tunnel);
         this.registry?.agentDisconnected(agentId, record.tunnels.size);
-        this.pruneAgent(record);
+        this.agents.prune(record);
       }
     });
-  }
-
-  /**
-   * The certificate's CN (with the worker index) is the identity; an
-   * instance is one process holding it. A new instance replaces the current
-   * one only once the current one has no live tunnel (closed, or declared
-   * dead by the heartbeat) or has said goodbye: a second process holding the
-   * same certificate is refused rather than allowed to end the sessions of
-   * the one that is running. Returns the record, or why the HELLO is refused.
-   */
-  private registerAgent(agentId: string, worker: number, instance: string, log: Logger): AgentRecord | string {
-    const key = `${agentId}#${worker}`;
-    const known = this.agents.get(key);
-    if (known !== undefined && known.instance === instance) return known;
-    if (known !== undefined && known.tunnels.size > 0 && !known.departed) {
-      return `agent ${agentId} worker ${worker} is already connected as another instance (${known.tunnels.size} live tunnels); a second process is using its certificate`;
-    }
-    if (known !== undefined) {
-      log.info({ previousInstance: known.instance, sessions: known.streams.size }, 'agent restarted; ending its old sessions');
-      this.streams.endAll(known, 'agent-restarted', 'agent restarted');
-      for (const tunnel of known.tunnels) tunnel.close('agent-restarted', 'agent restarted');
-    }
-    const record: AgentRecord = { key, agentId, worker, instance, streams: new StreamTable<SessionEntry>('hub'), tunnels: new Set(), departed: false };
-    this.agents.set(key, record);
-    return record;
-  }
-
-  /** An agent with no tunnel and no session left is forgotten. */
-  private pruneAgent(record: AgentRecord): void {
-    if (record.tunnels.size > 0 || record.streams.size > 0 || this.agents.get(record.key) !== record) return;
-    this.agents.delete(record.key);
   }
 
   private onStreamControl(tunnel: Tunnel, record: AgentRecord, frame: ControlFrame, log: Logger): void {
@@ -488,93 +441,8 @@ export class CloudHub {
     }
   }
 
-  /** A session's stream is forgotten: it leaves the session index, and its agent record when that is empty. */
-  private sessionClosed(session: DeviceSession, record: AgentRecord): void {
-    this.sessions.delete(session);
-    this.reportSessionTraffic(session);
-    // After a takeover the newer session owns the client ID.
-    if (this.sessionsByClientId.get(session.clientId) === session) {
-      this.sessionsByClientId.delete(session.clientId);
-      this.registry?.deviceDisconnected(session.clientId);
-    }
-    this.droppedQos0OfClosedSessions += session.droppedQos0;
-    this.pruneAgent(record);
-  }
-
-  /**
-   * Checks the CONNECT the broker would read: its client ID and user name
-   * must be the ones the OPEN named (routing and the registry use those), the
-   * client ID must lie in the agent's namespace, and the backend must speak
-   * the device's protocol version.
-   */
-  private admitSession(session: DeviceSession, record: AgentRecord, open: OpenBody, bytes: Buffer, log: Logger): void {
-    const refuse = (detail: string, clientId: string, connack: Buffer | null, reason: 'refused' | 'protocol-error' = 'refused'): void => {
-      log.info({ clientId, streamId: session.stream.id, reason, detail }, 'device refused');
-      session.refuse(reason, detail, connack);
-    };
-    let connect: IConnectPacket;
-    try {
-      connect = parseConnect(bytes);
-    } catch (err) {
-      refuse(isEdgemuxError(err) ? `${err.code}: ${err.message}` : String(err), open.clientId, null, 'protocol-error');
-      return;
-    }
-    const { clientId, username } = connect;
-    const version = connect.protocolVersion ?? 4;
-    const notAuthorized = refusalConnack(version, 'not-authorized');
-    if (clientId !== open.clientId || username !== open.username) {
-      refuse(`CONNECT names client ID ${JSON.stringify(clientId)} but OPEN named ${JSON.stringify(open.clientId)}, or their user names differ`, clientId, notAuthorized);
-      return;
-    }
-    if (clientId.length === 0) {
-      refuse('empty client ID in CONNECT (the agent assigns one)', clientId, refusalConnack(version, 'identifier-rejected'));
-      return;
-    }
-    if (!this.namespaces.allows(record.agentId, clientId)) {
-      refuse(`client ID outside the namespace of agent ${record.agentId}`, clientId, notAuthorized);
-      return;
-    }
-    const backend = this.router.backendFor({ clientId, username, agentId: record.agentId });
-    if (backend.kind === 'embedded' && version === 5) {
-      refuse('MQTT 5 on the embedded 3.1.1 broker', clientId, refusalConnack(version, 'unsupported-protocol'));
-      return;
-    }
-    this.sessionsByClientId.set(clientId, session);
-    this.registry?.deviceConnected(clientId, record.agentId);
-    if (this.registry === null) this.deviceClientIds.add(clientId);
-    if (backend.kind === 'embedded') {
-      session.connectBroker(connect, (owner) => {
-        const pipe = new BrokerPipe(owner);
-        this.broker.handle(pipe);
-        return pipe;
-      });
-    } else {
-      session.connectBroker(connect, (owner) => backend.group.connect(owner));
-    }
-  }
-
-  /** Hands each session's traffic since the last report to the registry, which writes it in batches. */
-  private reportTraffic(): void {
-    if (this.registry === null) return;
-    for (const session of this.sessions) this.reportSessionTraffic(session);
-  }
-
-  private reportSessionTraffic(session: DeviceSession): void {
-    if (this.registry === null) return;
-    const now = session.traffic;
-    const last = this.reportedTraffic.get(session) ?? { bytesToBroker: 0, packetsToBroker: 0, bytesToDevice: 0, packetsToDevice: 0 };
-    if (now.packetsToBroker === last.packetsToBroker && now.packetsToDevice === last.packetsToDevice) return;
-    if (now.packetsToBroker > last.packetsToBroker) {
-      this.registry.countToBroker(session.clientId, now.bytesToBroker - last.bytesToBroker, now.packetsToBroker - last.packetsToBroker);
-    }
-    if (now.packetsToDevice > last.packetsToDevice) {
-      this.registry.countToDevice(session.clientId, now.bytesToDevice - last.bytesToDevice, now.packetsToDevice - last.packetsToDevice);
-    }
-    this.reportedTraffic.set(session, { ...now });
-  }
-
   private sweepSessions(): void {
-    this.reportTraffic();
+    this.index.reportTraffic();
     const now = this.clock.now();
     for (const record of [...this.agents.values()]) this.streams.sweep(record, now);
   }
