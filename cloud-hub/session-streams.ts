@@ -60,9 +60,6 @@ interface EventContext {
   reason?: string;
 }
 
-/** End reasons that the hub decides on its own, worth a line at info; the rest are the device's or broker's doing. */
-const HUB_DECIDED: ReadonlySet<EndCode> = new Set(['grace-expired', 'peer-departed', 'agent-restarted', 'shutdown']);
-
 /**
  * The hub's streams: one session per OPEN, driven through the lifecycle
  * (RESUME, CLOSE, tunnel loss, grace, departures). The only place the hub
@@ -225,7 +222,7 @@ export class SessionStreams<A extends AgentStreams> {
 
   private logEnd(agent: A, entry: SessionEntry, code: EndCode, detail: string | undefined): void {
     const fields = { clientId: entry.stream.sink.clientId, agentId: agent.agentId, streamId: entry.id, reason: code, detail };
-    if (HUB_DECIDED.has(code)) this.options.log.info(fields, 'device session ended');
-    else this.options.log.debug(fields, 'device session ended by agent');
+    // The hub's rate-limited 'device disconnected' line says it at info; a storm of ends must not write a line each.
+    this.options.log.debug(fields, 'device session ending');
   }
 }
