@@ -1,7 +1,6 @@
 import { z } from 'zod';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 import { anonymousAccess } from './app-access.js';
-import { BROKER_RECONNECT_DEFAULTS } from './external-broker.js';
 import { DEFAULT_OFFLINE_QUEUE } from './sqlite-persistence.js';
 import { DEFAULT_SUBSCRIPTION_LIMITS } from './subscription-limits.js';
 
@@ -55,9 +54,10 @@ const routeSchema = z.strictObject({
       healthCheckMs: z.number().int().min(0).default(5000),
       /**
        * How long a device stays attached while its broker is away (a restart):
-       * the hub reconnects on its behalf meanwhile. 0 disconnects the device with its broker connection.
+       * the hub reconnects on its behalf meanwhile. 0 disconnects the device
+       * with its broker connection. Default in external-broker.ts, 30 000.
        */
-      reconnectGraceMs: z.number().int().min(0).default(BROKER_RECONNECT_DEFAULTS.graceMs),
+      reconnectGraceMs: z.number().int().min(0).optional(),
     }),
   ]),
 });

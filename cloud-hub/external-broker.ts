@@ -116,7 +116,15 @@ export class ExternalBrokerGroup {
     readonly log: Logger,
     reconnect: Partial<BrokerReconnectOptions> = {},
   ) {
-    this.reconnect = { ...BROKER_RECONNECT_DEFAULTS, random: Math.random, timers: REAL_TIMERS, probe: acceptsConnections, ...reconnect };
+    this.reconnect = {
+      graceMs: reconnect.graceMs ?? BROKER_RECONNECT_DEFAULTS.graceMs,
+      firstAttemptSpreadMs: reconnect.firstAttemptSpreadMs ?? BROKER_RECONNECT_DEFAULTS.firstAttemptSpreadMs,
+      backoffInitialMs: reconnect.backoffInitialMs ?? BROKER_RECONNECT_DEFAULTS.backoffInitialMs,
+      backoffMaxMs: reconnect.backoffMaxMs ?? BROKER_RECONNECT_DEFAULTS.backoffMaxMs,
+      random: reconnect.random ?? Math.random,
+      timers: reconnect.timers ?? REAL_TIMERS,
+      probe: reconnect.probe ?? acceptsConnections,
+    };
     this.healthy = endpoints.map(() => true);
     // A route's only broker is checked too: the hub's readiness reports a route none of whose brokers answer.
     this.timer = healthCheckMs > 0 ? setInterval(() => this.checkHealth(), healthCheckMs) : null;
