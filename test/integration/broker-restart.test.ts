@@ -6,8 +6,9 @@ import type { IDisconnectPacket } from 'mqtt-packet';
 import { pino } from 'pino';
 import { afterAll, expect, it } from 'vitest';
 import type { RouteConfig } from '../../cloud-hub/config.js';
-import { ExternalBrokerLink } from '../../cloud-hub/external-broker.js';
+import { ExternalBrokerLink, MAX_PENDING_BYTES } from '../../cloud-hub/external-broker.js';
 import { resolveRoute } from '../../cloud-hub/main.js';
+import { TUNNEL_DEFAULTS } from '../../shared/tunnel-defaults.js';
 import { type Chain, connectClient, eventually, removePki, startChain } from '../support/chain.js';
 import { describeWithMosquitto, Mosquitto } from '../support/mosquitto.js';
 
@@ -102,9 +103,17 @@ describeWithMosquitto('a device whose external broker restarts', () => {
       await new Promise((resolve) => setTimeout(resolve, 500));
       await mosquitto.stop();
       const stoppedAt = Date.now();
+      // What waits at the hub while the broker is away stays within the bound that pauses the agent's reading.
+      let mostHeld = 0;
+      const sampler = setInterval(() => {
+        for (const session of chain.hub.sessions) mostHeld = Math.max(mostHeld, session.link?.heldBytes ?? 0);
+      }, 50);
       execFileSync('mosquitto_passwd', ['-D', join(mosquitto.dir, 'passwd'), 'doomed'], { env: { ...process.env, PATH: `${process.env.PATH}:/usr/sbin:/usr/bin` } });
       await new Promise((resolve) => setTimeout(resolve, DOWNTIME_MS));
       const startedAt = Date.now();
+      clearInterval(sampler);
+      expect(mostHeld).toBeGreaterThan(0);
+      expect(mostHeld).toBeLessThanOrEqual(MAX_PENDING_BYTES + TUNNEL_DEFAULTS.streamWindow);
       await mosquitto.restart();
       const links = (): ExternalBrokerLink[] =>
         [...chain.hub.sessions].filter((session) => ids.includes(session.clientId)).map((session) => session.link as ExternalBrokerLink);
@@ -159,4 +168,33 @@ describeWithMosquitto('a device whose external broker restarts', () => {
       await mosquitto.remove();
     }
   }, 60_000);
+
+  it('disconnects devices whose broker stays away past reconnectGraceMs, MQTT 5 ones with a DISCONNECT', async () => {
+    const mosquitto = await Mosquitto.start();
+    const routeConfig: RouteConfig = {
+      match: { clientId: '*' },
+      backend: { brokers: [{ url: mosquitto.url, rejectUnauthorized: true }], healthCheckMs: 0, reconnectGraceMs: 1000 },
+    };
+    const lines: LogLine[] = [];
+    const chain = await startChain({ hub: { routes: [resolveRoute(routeConfig, 0, collectingLogger(lines))] } });
+    try {
+      const v4 = await chain.device({ clientId: 'gone-4', protocolVersion: 4 });
+      const v5 = await chain.device({ clientId: 'gone-5', protocolVersion: 5 });
+      const closedAt = (device: MqttClient): Promise<number> => new Promise((resolve) => device.once('close', () => resolve(Date.now())));
+      const v4Closed = closedAt(v4);
+      const v5Closed = closedAt(v5);
+      const v5Disconnect = new Promise<IDisconnectPacket>((resolve) => v5.once('disconnect', resolve));
+      await mosquitto.stop();
+      const stoppedAt = Date.now();
+      expect((await v5Disconnect).reasonCode).toBe(0x80);
+      for (const closed of [await v4Closed, await v5Closed]) {
+        expect(closed - stoppedAt).toBeGreaterThanOrEqual(900);
+        expect(closed - stoppedAt).toBeLessThan(4000);
+      }
+      expect(lines.filter((line) => line.msg === 'device disconnected with its broker connection')).toHaveLength(2);
+    } finally {
+      await chain.close();
+      await mosquitto.remove();
+    }
+  }, 30_000);
 });
