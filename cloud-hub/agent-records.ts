@@ -58,6 +58,11 @@ export class AgentRecords {
     return record;
   }
 
+  /** A revoked agent is forgotten at once: whatever it sends next comes through a new HELLO, which the certificate gate refuses. */
+  forget(record: AgentRecord): void {
+    if (this.records.get(record.key) === record) this.records.delete(record.key);
+  }
+
   /** An agent with no tunnel and no session left is forgotten. */
   prune(record: AgentRecord): void {
     if (record.tunnels.size > 0 || record.streams.size > 0 || this.records.get(record.key) !== record) return;

@@ -8,6 +8,7 @@ import { type HubConfig, hubConfigSchema } from './config.js';
 import { startMetricsServer } from '../shared/metrics-server.js';
 import { hubMetrics, hubReadiness } from './hub-metrics.js';
 import { startHub } from './main.js';
+import { runPkiCommand } from './pki-cli.js';
 import { reloadHub, runningHub } from './reload.js';
 import { OPEN_NAMESPACES } from './routes.js';
 import { readAdminToken, startAdminApi } from './admin-api.js';
@@ -30,6 +31,9 @@ Usage: cloud-hub [options]
                        without it and without namespaces, agent A may use only client IDs "A:*"
   --ca FILE --cert FILE --key FILE   TLS material (CA of the agents, hub certificate and key)
   --dev-pki DIR        create or reuse a development PKI in DIR instead of --ca/--cert/--key
+  --pki-dir DIR        a PKI made by 'cloud-hub pki init': agents enroll with tokens and renew on the
+                       tunnel port, revocations take effect within a second (see 'cloud-hub pki --help')
+  --cert-validity DUR  lifetime of the certificates issued to agents (default 30d)
   --state FILE         SQLite file keeping persistent sessions, retained messages and offline
                        queues across restarts, and the agent/device registry (default: in memory)
   --admin-port PORT    serve the admin API and status page on 127.0.0.1:PORT (--admin-host to change)
@@ -41,7 +45,9 @@ Usage: cloud-hub [options]
 SIGHUP reloads the config file (flags still override it): routes, namespaces,
 log level and TLS material take effect for new sessions and tunnels.`;
 
-runCli(async () => {
+if (process.argv[2] === 'pki') {
+  runCli(() => runPkiCommand(process.argv.slice(3), (text) => process.stdout.write(`${text}\n`)));
+} else runCli(async () => {
   const reloads = new ReloadOnSignal();
   const { values } = parseArgs({
     options: {
@@ -58,6 +64,8 @@ runCli(async () => {
       cert: { type: 'string' },
       key: { type: 'string' },
       'dev-pki': { type: 'string' },
+      'pki-dir': { type: 'string' },
+      'cert-validity': { type: 'string' },
       state: { type: 'string' },
       'metrics-port': { type: 'string' },
       'metrics-host': { type: 'string' },
@@ -93,6 +101,8 @@ runCli(async () => {
           ...tlsFlags,
           ...(values['open-namespaces'] ? { namespaces: OPEN_NAMESPACES } : {}),
           devPki: values['dev-pki'],
+          pkiDir: values['pki-dir'],
+          enrollment: { certValidity: values['cert-validity'] },
           statePath: values.state,
           ...(values['metrics-port'] !== undefined ? { metrics: { host: values['metrics-host'], port: numberFlag(values['metrics-port']) } } : {}),
           ...(values['admin-port'] !== undefined || values['admin-token-file'] !== undefined

@@ -52,6 +52,12 @@ const routeSchema = z.strictObject({
     z.strictObject({
       brokers: z.array(brokerSchema).min(1, 'name at least one broker'),
       healthCheckMs: z.number().int().min(0).default(5000),
+      /**
+       * How long a device stays attached while its broker is away (a restart):
+       * the hub reconnects on its behalf meanwhile. 0 disconnects the device
+       * with its broker connection. Default in external-broker.ts, 30 000.
+       */
+      reconnectGraceMs: z.number().int().min(0).optional(),
     }),
   ]),
 });
@@ -96,6 +102,20 @@ export const hubConfigSchema = z.strictObject({
   statePath: z.string().min(1).optional(),
   /** A development PKI directory, created on first use; an alternative to `tls`. */
   devPki: z.string().optional(),
+  /**
+   * A PKI directory made by `cloud-hub pki init`: its CA signs enrolled agents
+   * (the hub holds the CA key), its pki.sqlite keeps tokens and revocations,
+   * and its hub certificate is served unless `tls` names others.
+   */
+  pkiDir: z.string().min(1).optional(),
+  enrollment: z
+    .strictObject({
+      /** Lifetime of the certificates the hub issues to enrolling and renewing agents. */
+      certValidity: z.string().regex(/^\d+(\.\d+)?(ms|s|m|h|d)$/, 'expected a duration such as 12h or 30d').default('30d'),
+      /** How often the hub reads revocations made by `cloud-hub pki revoke`. */
+      revocationPollMs: z.number().int().min(50).max(60_000).default(500),
+    })
+    .prefault({}),
   streamWindow: z.number().int().min(1024).default(TUNNEL_DEFAULTS.streamWindow),
   maxPacketSize: z.number().int().min(1024).max(268_435_460).default(TUNNEL_DEFAULTS.maxFramePayload),
   heartbeatMs: z.number().int().min(100).default(TUNNEL_DEFAULTS.heartbeatMs),
@@ -144,8 +164,8 @@ export const hubConfigSchema = z.strictObject({
     })
     .optional(),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-}).refine((config) => config.tls !== undefined || config.devPki !== undefined, {
-  message: 'set tls (ca, cert, key file paths) or devPki (a directory for a development PKI)',
+}).refine((config) => config.tls !== undefined || config.devPki !== undefined || config.pkiDir !== undefined, {
+  message: 'set tls (ca, cert, key file paths), pkiDir (made by cloud-hub pki init) or devPki (a directory for a development PKI)',
   path: ['tls'],
 }).refine((config) => config.app.maxPacketSize <= config.maxPacketSize, {
   // A message the tunnel cannot carry would be accepted only to be dropped for every subscriber.

@@ -12,13 +12,18 @@ import type { Logger } from '../shared/logger.js';
 import { Tunnel } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 import { type AgentRecord, AgentRecords } from './agent-records.js';
+import { ENROLL_ALPN } from '../shared/enrollment-wire.js';
+import type { CertificateAndKey } from '../shared/pki.js';
+import { AgentGate } from './agent-gate.js';
 import { AppAccess, anonymousAccess, isLoopbackHost } from './app-access.js';
 import { HUB_DEFAULTS } from './config.js';
 import { type DeviceSession, DISCONNECT_REASON } from './device-session.js';
 import { type EmbeddedBroker, startEmbeddedBroker } from './embedded-broker.js';
 import { ExternalBrokerLink } from './external-broker.js';
-import { HubCounters } from './hub-counters.js';
+import { HubCounters, type RefusalReason } from './hub-counters.js';
+import { EnrollmentServer } from './enrollment-server.js';
 import type { PasswordFile } from './password-file.js';
+import type { PkiStore } from './pki-store.js';
 import { Registry } from './registry.js';
 import type { NamespaceRule, Route } from './routes.js';
 import { SessionAdmission } from './session-admission.js';
@@ -76,6 +81,13 @@ export interface HubOptions {
   deviceLogLimit?: { perSecond: number; burst: number };
   /** Time for the stream rules: grace periods, CONNECT timeouts, broker keepalives, tunnel heartbeats; the system clock when absent. */
   clock?: Clock;
+  /** Enrollment, renewal and revocation (docs/pki.md); without it the agent CA alone decides who connects. */
+  pki?: {
+    store: PkiStore;
+    ca: CertificateAndKey;
+    certValidityMs: number;
+    revocationPollMs?: number;
+  };
   log: Logger;
 }
 
@@ -169,6 +181,7 @@ export class CloudHub {
   private readonly deviceLog: { connected: RateLimitedLog; disconnected: RateLimitedLog; refused: RateLimitedLog; resumeRefused: RateLimitedLog };
   private readonly clock: Clock;
   private readonly sweep: Timer;
+  private readonly gate: AgentGate;
   private refusedTunnels = 0;
   private tunnelConnections = 0;
   private helloTunnels = 0;
@@ -176,6 +189,8 @@ export class CloudHub {
   private unauthenticatedRefused = 0;
   /** Set while connections are being refused, so the refusals are logged once, not once each. */
   private refusingUnauthenticated = false;
+  /** Connections closed on accept by the unauthenticated limit: their TLS error is the hub's own decision, already logged. */
+  private readonly refusedOnAccept = new WeakSet<Socket>();
 
   private constructor(
     private readonly options: HubOptions,
@@ -245,16 +260,27 @@ export class CloudHub {
       this.streams.endAll(retired, 'agent-restarted', 'agent restarted');
       for (const tunnel of retired.tunnels) tunnel.close('agent-restarted', 'agent restarted');
     });
+    const pki = options.pki;
+    this.gate = new AgentGate({
+      store: pki?.store,
+      enrollment: pki && new EnrollmentServer({ store: pki.store, ca: pki.ca, certValidityMs: pki.certValidityMs, log: options.log }),
+      revocationPollMs: pki?.revocationPollMs,
+      log: options.log,
+    });
+    this.gate.on('revoked', (agentId, reason) => this.endAgent(agentId, `agent revoked: ${reason}`));
     tunnelServer.on('connection', (socket) => this.admitTunnelConnection(socket));
-    tunnelServer.on('secureConnection', (socket) => this.acceptTunnel(socket));
+    tunnelServer.on('secureConnection', (socket) => {
+      if (this.gate.admit(socket)) this.acceptTunnel(socket);
+    });
     tunnelServer.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
       if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') this.handshakeTimeouts++;
-      if (err.code === 'ECONNRESET') {
-        // The peer went away (or was refused on accept, already logged): nothing was decided here.
-        options.log.debug({ remote: socket.remoteAddress, reason: err.message }, 'tunnel connection closed before the TLS handshake');
+      // node:tls keeps the accepted TCP socket as the TLS socket's _parent; it has no public accessor.
+      const raw = (socket as unknown as { _parent?: Socket })._parent;
+      if (raw !== undefined && this.refusedOnAccept.has(raw)) {
+        options.log.debug({ reason: err.message }, 'tunnel connection closed on accept');
       } else {
         this.counters.refused('tunnel-tls');
-        options.log.warn({ remote: socket.remoteAddress, reason: err.message }, 'tunnel TLS handshake refused');
+        this.gate.handshakeFailed(err, socket);
       }
       // With a tlsClientError listener Node leaves the socket open, timeouts included.
       socket.destroy();
@@ -319,8 +345,11 @@ export class CloudHub {
     });
     const tunnelServer = tls.createServer({
       ...tunnelContext(options.tls),
+      // The gate refuses what the handshake would have, but with a GOODBYE naming the failed check,
+      // and lets enrollment (no certificate yet) through under its own ALPN protocol.
       requestCert: true,
-      rejectUnauthorized: true,
+      rejectUnauthorized: false,
+      ALPNProtocols: [ENROLL_ALPN],
       handshakeTimeout: options.handshakeTimeoutMs ?? HUB_DEFAULTS.handshakeTimeoutMs,
     });
     await new Promise<void>((resolve, reject) => {
@@ -400,7 +429,9 @@ export class CloudHub {
    * Bounds what strangers can hold: every connection to the tunnel port is
    * unauthenticated until its HELLO is accepted (the TLS handshake alone
    * costs the hub memory and CPU), and past the limit new ones are closed
-   * before the handshake starts.
+   * before the handshake starts. An enrollment or renewal connection never
+   * says HELLO: it counts until it closes, its answer written, and one the
+   * gate refused counts until the agent has read its GOODBYE.
    */
   private admitTunnelConnection(socket: Socket): void {
     const limit = this.options.maxUnauthenticated ?? HUB_DEFAULTS.maxUnauthenticated;
@@ -410,6 +441,7 @@ export class CloudHub {
         this.refusingUnauthenticated = true;
         this.options.log.warn({ remote: socket.remoteAddress, limit, reason: 'too many unauthenticated tunnel connections' }, 'tunnel connections refused');
       }
+      this.refusedOnAccept.add(socket);
       socket.destroy();
       return;
     }
@@ -529,6 +561,22 @@ export class CloudHub {
   }
 
   /**
+   * Ends every session and tunnel of an agent at once, telling it why: its
+   * sessions publish their wills, and its agent closes their devices.
+   */
+  endAgent(agentId: string, reason: string): void {
+    for (const record of [...this.agents.values()]) {
+      if (record.agentId !== agentId) continue;
+      // Marked as gone first, so a tunnel closing under it cannot leave its streams waiting to resume.
+      record.departed = true;
+      this.streams.endAll(record, 'revoked', reason);
+      for (const tunnel of record.tunnels) void tunnel.goodbye('revoked', reason);
+      this.agents.forget(record);
+    }
+  }
+
+
+  /**
    * A graceful stop: every session ends now (the broker publishes the wills
    * of devices that did not disconnect), then each agent tunnel says GOODBYE,
    * so agents close their devices at once instead of holding them for the
@@ -536,6 +584,7 @@ export class CloudHub {
    */
   async close(): Promise<void> {
     this.sweep.cancel();
+    this.gate.close();
     const serverClosed = new Promise<void>((resolve) => this.tunnelServer.close(() => resolve()));
     this.index.reportTraffic();
     for (const record of this.agents.values()) this.streams.endAll(record, 'shutdown', 'hub shutting down');
@@ -553,6 +602,7 @@ export class CloudHub {
       this.options.log.error({ reason: (err as { code?: string }).code ?? (err as Error).message }, 'registry not written at stop');
     }
     this.admission.close();
+    this.options.pki?.store.close();
     await this.embedded.close();
   }
 

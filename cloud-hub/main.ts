@@ -1,18 +1,23 @@
+import { join } from 'node:path';
 import { readPem } from '../shared/cli-support.js';
+import { parseDuration } from '../shared/duration.js';
 import { createLogger } from '../shared/logger.js';
 import { ensureDevPki } from '../shared/pki.js';
 import type { Logger } from '../shared/logger.js';
 import type { HubConfig, RouteConfig } from './config.js';
 import { type ExternalBrokerEndpoint, ExternalBrokerGroup } from './external-broker.js';
-import { CloudHub } from './hub.js';
+import { CloudHub, type HubOptions } from './hub.js';
 import { PasswordFile } from './password-file.js';
+import { PkiStore } from './pki-store.js';
 import type { Route } from './routes.js';
 
 /** Starts a hub from validated configuration. */
 export async function startHub(config: HubConfig, log: Logger = createLogger('cloud-hub', config.logLevel)): Promise<CloudHub> {
   const tls = await hubTlsMaterial(config);
   const appPasswords = config.app.passwordFile === undefined ? null : PasswordFile.read(config.app.passwordFile, 'app.passwordFile');
+  const pki = hubPki(config);
   return CloudHub.start({
+    pki,
     hubId: config.hubId,
     tunnelHost: config.tunnel.host,
     tunnelPort: config.tunnel.port,
@@ -42,11 +47,28 @@ export async function startHub(config: HubConfig, log: Logger = createLogger('cl
   });
 }
 
-/** The hub's certificate, key and agent CA, read from the files `tls` names or from the development PKI. */
+/** The hub's certificate, key and agent CA, read from the files `tls` names, the PKI directory or the development PKI. */
 export async function hubTlsMaterial(config: HubConfig): Promise<{ ca: string; cert: string; key: string }> {
-  return config.tls
-    ? { ca: readPem(config.tls.ca, 'tls.ca'), cert: readPem(config.tls.cert, 'tls.cert'), key: readPem(config.tls.key, 'tls.key') }
-    : await devPkiMaterial(config.devPki!);
+  if (config.tls) {
+    return { ca: readPem(config.tls.ca, 'tls.ca'), cert: readPem(config.tls.cert, 'tls.cert'), key: readPem(config.tls.key, 'tls.key') };
+  }
+  if (config.pkiDir !== undefined) {
+    const file = (name: string): string => readPem(join(config.pkiDir!, name), 'pkiDir');
+    return { ca: file('ca.pem'), cert: file('hub.pem'), key: file('hub-key.pem') };
+  }
+  return await devPkiMaterial(config.devPki!);
+}
+
+/** Enrollment and revocation from the PKI directory, when there is one. */
+function hubPki(config: HubConfig): HubOptions['pki'] {
+  if (config.pkiDir === undefined) return undefined;
+  const ca = { certPem: readPem(join(config.pkiDir, 'ca.pem'), 'pkiDir'), keyPem: readPem(join(config.pkiDir, 'ca-key.pem'), 'pkiDir') };
+  return {
+    store: PkiStore.inDir(config.pkiDir),
+    ca,
+    certValidityMs: parseDuration(config.enrollment.certValidity, 'enrollment.certValidity'),
+    revocationPollMs: config.enrollment.revocationPollMs,
+  };
 }
 
 async function devPkiMaterial(dir: string): Promise<{ ca: string; cert: string; key: string }> {
@@ -80,6 +102,8 @@ export function resolveRoute(route: RouteConfig, index: number, log: Logger): Ro
   return {
     name,
     match: route.match,
-    backend: { kind: 'external', group: new ExternalBrokerGroup(name, endpoints, route.backend.healthCheckMs, log) },
+    backend: { kind: 'external', group: new ExternalBrokerGroup(name, endpoints, route.backend.healthCheckMs, log, {
+      graceMs: route.backend.reconnectGraceMs,
+    }) },
   };
 }

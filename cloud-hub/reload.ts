@@ -37,7 +37,7 @@ export async function reloadHub(hub: CloudHub, running: RunningHub, next: HubCon
   const diff = diffSettings(running.config, next, HUB_RELOADABLE);
   const tls = await hubTlsMaterial(next);
   const tlsChanged = !isDeepStrictEqual(tls, running.tls);
-  if (tlsChanged) checkTlsMaterial(tls, next.tls !== undefined ? 'tls' : 'devPki');
+  if (tlsChanged) checkTlsMaterial(tls, next.tls !== undefined ? 'tls' : next.pkiDir !== undefined ? 'pkiDir' : 'devPki');
   const digest = routesDigest(next.routes);
   const routes = digest === running.routesDigest ? null : next.routes.map((route, index) => resolveRoute(route, index, log));
 

@@ -74,7 +74,7 @@ export function agentReadiness(agent: EdgeAgent): Readiness {
   if (tunnelsUp === 0) {
     const hubs = agent.pool.hubs.map((hub) => `${hub.host}:${hub.port}`).join(', ');
     reasons.push(`no tunnel to a hub is up (hubs: ${hubs})`);
-    for (const refusal of refusals) reasons.push(`hub ${refusal.hub} refused tunnel ${refusal.tunnel} (${refusal.code}): ${refusal.reason}`);
+    for (const refusal of refusals) reasons.push(`hub ${refusal.hub} refused tunnel ${refusal.tunnel} (${refusal.code}${refusal.problem === undefined ? '' : `: ${refusal.problem}`}): ${refusal.reason}`);
     if (agent.pool.lastFailure !== null) reasons.push(agent.pool.lastFailure);
   }
   return { ready: tunnelsUp > 0, reasons, tunnelsUp, ...(refusals.length > 0 ? { refusals } : {}) };

@@ -8,7 +8,8 @@ import { ReloadOnSignal } from '../shared/reload.js';
 import { ensureDevPki } from '../shared/pki.js';
 import { startMetricsServer } from '../shared/metrics-server.js';
 import { agentMetrics, agentReadiness } from './agent-metrics.js';
-import { startAgent } from './main.js';
+import { runEnrollCommand, enrollIfNeeded, startRenewal } from './enroll-cli.js';
+import { serverNameOf, startAgent } from './main.js';
 import { reloadAgent, runningAgent } from './reload.js';
 import { onReloadFromPrimary, superviseWorkers, workerIndex } from './workers.js';
 
@@ -26,6 +27,10 @@ Usage: edge-agent [options]
   --ca FILE --cert FILE --key FILE   TLS material (CA of the hub, agent certificate and key)
   --server-name NAME   name the hub certificate must carry (default: the hub host)
   --dev-pki DIR        create or reuse a development PKI in DIR instead of --ca/--cert/--key
+  --identity-dir DIR   use the identity enrolled in DIR (see 'edge-agent enroll --help'), renewing its
+                       certificate in place at --renew-at of its validity (default 0.67)
+  --enroll-token T --ca-fingerprint F   enroll first when DIR holds no certificate yet
+                       (the token may come from EDGEMUX_ENROLL_TOKEN instead, out of the process list)
   --metrics-port PORT  serve Prometheus /metrics, /healthz and /readyz on 127.0.0.1:PORT (--metrics-host to change);
                        with --workers, each scrape is answered by one worker (label worker)
   --log-level LEVEL    fatal|error|warn|info|debug|trace|silent (default info)
@@ -35,7 +40,9 @@ SIGHUP reloads the config file (flags still override it): log level, TLS
 material and hubs take effect for tunnels dialled from then on; with --workers
 the primary passes the reload on to every worker.`;
 
-runCli(async () => {
+if (process.argv[2] === 'enroll') {
+  runCli(() => runEnrollCommand(process.argv.slice(3)));
+} else runCli(async () => {
   const reloads = new ReloadOnSignal();
   const { values } = parseArgs({
     options: {
@@ -51,6 +58,10 @@ runCli(async () => {
       key: { type: 'string' },
       'server-name': { type: 'string' },
       'dev-pki': { type: 'string' },
+      'identity-dir': { type: 'string' },
+      'renew-at': { type: 'string' },
+      'enroll-token': { type: 'string' },
+      'ca-fingerprint': { type: 'string' },
       'metrics-port': { type: 'string' },
       'metrics-host': { type: 'string' },
       'log-level': { type: 'string' },
@@ -81,6 +92,7 @@ runCli(async () => {
           workers: numberFlag(values.workers),
           ...tlsFlags,
           devPki: values['dev-pki'],
+          ...(values['identity-dir'] !== undefined ? { identity: { dir: values['identity-dir'], renewAt: numberFlag(values['renew-at']), serverName: values['server-name'] } } : {}),
           ...(values['metrics-port'] !== undefined ? { metrics: { host: values['metrics-host'], port: numberFlag(values['metrics-port']) } } : {}),
           logLevel: values['log-level'],
         },
@@ -90,10 +102,15 @@ runCli(async () => {
   };
   const config = loadConfig();
   const worker = workerIndex();
+  if (worker === null) {
+    await enrollIfNeeded(config, values['enroll-token'] ?? process.env.EDGEMUX_ENROLL_TOKEN, values['ca-fingerprint'], createLogger('edge-agent', config.logLevel));
+  }
   if (worker === null && config.workers > 1) {
     if (config.devPki !== undefined) await ensureDevPki(config.devPki, { agentIds: [config.agentId] });
     const log = createLogger('edge-agent', config.logLevel);
     const supervisor = superviseWorkers(config.workers, log);
+    // One process renews, so workers never race on the files; each takes the new certificate on the reload it passes on.
+    startRenewal(config, log, () => supervisor.reloadWorkers());
     reloads.use(async () => {
       log.info({ workers: supervisor.reloadWorkers() }, 'reload passed on to the workers');
     }, log);
@@ -116,7 +133,9 @@ runCli(async () => {
   reloads.use(async () => {
     running = await reloadAgent(agent, running, loadConfig(), log);
   }, log);
+  const renewal = worker === null ? startRenewal(config, log, (material) => agent.pool.useTls(material, serverNameOf(running.config))) : null;
   onShutdown(async () => {
+    renewal?.stop();
     await metrics?.close();
     await agent.close();
   });

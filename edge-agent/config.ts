@@ -77,6 +77,19 @@ export const agentConfigSchema = z.strictObject({
     })
     .optional(),
   devPki: z.string().optional(),
+  /**
+   * A directory holding the identity this agent enrolled with (ca.pem,
+   * agent.pem, agent-key.pem): the agent id is its certificate's name, and the
+   * certificate is renewed in place at `renewAt` of its validity.
+   */
+  identity: z
+    .strictObject({
+      dir: z.string().min(1),
+      renewAt: z.number().gt(0).lt(1).default(2 / 3),
+      /** Name the hub certificate must carry, when it differs from the dialled host. */
+      serverName: z.string().optional(),
+    })
+    .optional(),
   streamWindow: z.number().int().min(1024).default(TUNNEL_DEFAULTS.streamWindow),
   maxPacketSize: z.number().int().min(1024).max(268_435_460).default(TUNNEL_DEFAULTS.maxFramePayload),
   connectTimeoutMs: z.number().int().min(100).default(10_000),
@@ -92,8 +105,8 @@ export const agentConfigSchema = z.strictObject({
   /** Prometheus /metrics and /healthz; off unless a port is given. */
   metrics: z.strictObject({ host: z.string().default('127.0.0.1'), port: port }).optional(),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-}).refine((config) => config.tls !== undefined || config.devPki !== undefined, {
-  message: 'set tls (ca, cert, key file paths) or devPki (a directory for a development PKI)',
+}).refine((config) => config.tls !== undefined || config.devPki !== undefined || config.identity !== undefined, {
+  message: 'set tls (ca, cert, key file paths), identity.dir (an enrolled identity) or devPki (a directory for a development PKI)',
   path: ['tls'],
 }).refine((config) => config.listeners === undefined || (config.listen.host === undefined && config.listen.port === undefined), {
   message: 'listeners replaces the default TCP listener: list it there as { type: tcp, host, port } instead of listen, --host or --port',

@@ -2,7 +2,9 @@ import { readPem } from '../shared/cli-support.js';
 import { parseHostPort } from '../shared/config-loader.js';
 import { createLogger, type Logger } from '../shared/logger.js';
 import { ensureDevPki } from '../shared/pki.js';
+import { EdgemuxError } from '../shared/errors.js';
 import { EdgeAgent } from './agent.js';
+import { type Identity, loadIdentity } from './enrollment.js';
 import { type AgentConfig, DEFAULT_LISTEN, deviceListeners, type ListenerConfig } from './config.js';
 import type { DeviceListenerOptions } from './device-listeners.js';
 import type { HubAddress } from './tunnel-pool.js';
@@ -15,7 +17,8 @@ export async function startAgent(
 ): Promise<EdgeAgent> {
   const tls = await agentTlsMaterial(config);
   return EdgeAgent.start({
-    agentId: config.agentId,
+    // An enrolled agent is whoever its certificate names; the hub goes by that name anyway.
+    agentId: config.identity !== undefined ? enrolledIdentity(config.identity.dir).agentId : config.agentId,
     worker,
     deviceHost: config.listen.host ?? DEFAULT_LISTEN.host,
     devicePort: config.listen.port ?? DEFAULT_LISTEN.port,
@@ -25,7 +28,7 @@ export async function startAgent(
     hubs: hubAddresses(config),
     tunnels: config.tunnels,
     tls,
-    serverName: config.tls?.serverName,
+    serverName: serverNameOf(config),
     streamWindow: config.streamWindow,
     maxPacketSize: config.maxPacketSize,
     connectTimeoutMs: config.connectTimeoutMs,
@@ -38,6 +41,10 @@ export async function startAgent(
     reconnectProbeMs: config.reconnectProbeMs,
     log,
   });
+}
+
+export function serverNameOf(config: AgentConfig): string | undefined {
+  return config.tls?.serverName ?? config.identity?.serverName;
 }
 
 /** A configured listener with its PEM files read, each failure naming its key. */
@@ -61,9 +68,20 @@ export function hubAddresses(config: AgentConfig): HubAddress[] {
 
 /** This agent's certificate, key and the hub CA, read from the files `tls` names or from the development PKI. */
 export async function agentTlsMaterial(config: AgentConfig): Promise<{ ca: string; cert: string; key: string }> {
-  return config.tls
-    ? { ca: readPem(config.tls.ca, 'tls.ca'), cert: readPem(config.tls.cert, 'tls.cert'), key: readPem(config.tls.key, 'tls.key') }
-    : await devPkiMaterial(config.devPki!, config.agentId);
+  if (config.tls) return { ca: readPem(config.tls.ca, 'tls.ca'), cert: readPem(config.tls.cert, 'tls.cert'), key: readPem(config.tls.key, 'tls.key') };
+  if (config.identity !== undefined) {
+    const { ca, cert, key } = enrolledIdentity(config.identity.dir);
+    return { ca, cert, key };
+  }
+  return await devPkiMaterial(config.devPki!, config.agentId);
+}
+
+export function enrolledIdentity(dir: string): Identity {
+  const identity = loadIdentity(dir);
+  if (identity === null) {
+    throw new EdgemuxError('E_CONFIG', `identity.dir: no agent certificate in ${dir}; enroll first (edge-agent enroll, or --enroll-token with --ca-fingerprint)`);
+  }
+  return identity;
 }
 
 async function devPkiMaterial(dir: string, agentId: string): Promise<{ ca: string; cert: string; key: string }> {

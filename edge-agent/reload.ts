@@ -3,7 +3,7 @@ import type { Logger } from '../shared/logger.js';
 import { checkTlsMaterial, diffSettings, logReload } from '../shared/reload.js';
 import type { EdgeAgent } from './agent.js';
 import type { AgentConfig } from './config.js';
-import { agentTlsMaterial, hubAddresses } from './main.js';
+import { agentTlsMaterial, hubAddresses, serverNameOf } from './main.js';
 
 /**
  * Settings a running agent takes over on reload. The others (agent id,
@@ -31,11 +31,11 @@ export async function runningAgent(config: AgentConfig): Promise<RunningAgent> {
 export async function reloadAgent(agent: EdgeAgent, running: RunningAgent, next: AgentConfig, log: Logger): Promise<RunningAgent> {
   const diff = diffSettings(running.config, next, AGENT_RELOADABLE);
   const tls = await agentTlsMaterial(next);
-  const tlsChanged = !isDeepStrictEqual(tls, running.tls) || next.tls?.serverName !== running.config.tls?.serverName;
-  if (tlsChanged) checkTlsMaterial(tls, next.tls !== undefined ? 'tls' : 'devPki');
+  const tlsChanged = !isDeepStrictEqual(tls, running.tls) || serverNameOf(next) !== serverNameOf(running.config);
+  if (tlsChanged) checkTlsMaterial(tls, next.tls !== undefined ? 'tls' : next.identity !== undefined ? 'identity.dir' : 'devPki');
   const hubs = isDeepStrictEqual(next.hubs, running.config.hubs) ? null : hubAddresses(next);
 
-  if (tlsChanged) agent.pool.useTls(tls, next.tls?.serverName);
+  if (tlsChanged) agent.pool.useTls(tls, serverNameOf(next));
   if (hubs !== null) agent.pool.useHubs(hubs);
   log.level = next.logLevel;
 

@@ -8,6 +8,7 @@ import { type EndCode, EndCounts } from '../shared/end-reasons.js';
 import { type ControlFrame, FrameType, type GoodbyeBody } from '../shared/frame-codec.js';
 import { applyHello, buildHello, checkHello, refuseHello } from '../shared/hello.js';
 import type { Logger } from '../shared/logger.js';
+import { certificateProblemOf, describeCertificateProblem } from '../shared/tls-failure.js';
 import { addTraffic, emptyTraffic, Tunnel, type TunnelTraffic } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
 
@@ -61,6 +62,8 @@ export interface TunnelRefusal {
   hub: string;
   code: string;
   reason: string;
+  /** With `certificate-refused`: which check the agent's certificate failed. */
+  problem?: string;
   at: number;
 }
 
@@ -252,14 +255,22 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     await Promise.all(closing);
   }
 
+  /**
+   * On a ready tunnel GOODBYE ends it whatever the code (the agent closes that
+   * hub's devices, protocol 10.1); in place of HELLO it is a refusal whatever
+   * the code, kept for health and metrics.
+   */
   private onGoodbye(slot: Slot, hub: string, body: GoodbyeBody, log: Logger): void {
+    const fields = { code: body.code, reason: body.reason, ...(body.problem !== undefined ? { problem: body.problem } : {}) };
     if (slot.ready) {
-      log.warn({ hubId: slot.tunnel?.peerId, code: body.code, reason: body.reason }, 'hub said goodbye');
+      // Unlike a hub's shutdown, a revocation does not pass by waiting: it is an error an operator must act on.
+      if (body.code === 'revoked') log.error({ hubId: slot.tunnel?.peerId, ...fields, hint: 'this agent needs a new enrollment token' }, 'hub closed the tunnel');
+      else log.warn({ hubId: slot.tunnel?.peerId, ...fields }, 'hub closed the tunnel');
       return;
     }
-    slot.refusal = { tunnel: slot.index, hub, code: body.code, reason: body.reason, at: Date.now() };
+    slot.refusal = { tunnel: slot.index, hub, ...fields, at: Date.now() };
     this.refusalCounts.set(body.code, (this.refusalCounts.get(body.code) ?? 0) + 1);
-    log.warn({ code: body.code, reason: body.reason }, 'hub refused the tunnel');
+    log.error(fields, 'hub refused the tunnel');
   }
 
   /**
@@ -341,6 +352,11 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     });
     slot.tunnel = tunnel;
     const helloTimer = setTimeout(() => tunnel.close('hello-timeout', 'no HELLO from hub in time'), TUNNEL_DEFAULTS.helloTimeoutMs);
+    // Which check failed, on whichever side: the bare transport error would say only "socket hang up".
+    socket.once('error', (err: NodeJS.ErrnoException) => {
+      const problem = certificateProblemOf(err.code);
+      if (problem !== null) log.warn({ problem, reason: `${describeCertificateProblem(problem)}: ${err.message}` }, 'hub certificate refused');
+    });
     tunnel.on('goodbye', (body) => this.onGoodbye(slot, `${hub.host}:${hub.port}`, body, log));
     socket.once('secureConnect', () => {
       tunnel.send(

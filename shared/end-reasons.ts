@@ -30,6 +30,8 @@ export const END_CODES = [
   'agent-restarted',
   'identity-in-use',
   'unsupported-version',
+  'revoked',
+  'certificate-refused',
   'protocol-error',
   'hello-timeout',
   'heartbeat-timeout',

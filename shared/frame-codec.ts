@@ -100,18 +100,27 @@ export interface PingBody {
 }
 
 /**
- * Why a side says goodbye. `shutdown`: its process is stopping gracefully.
- * `identity-in-use`: the hub refuses a tunnel, in place of its HELLO, because
- * another instance of the agent holds live tunnels. `unsupported-version`: a
- * side refuses a HELLO of another major version; only the tunnel ends.
- * Receivers take a code they do not know as `shutdown`.
+ * Why a side says goodbye, the last frame it writes on a tunnel (protocol 10.1).
+ * `shutdown`: its process is stopping gracefully. `unsupported-version`: a side
+ * refuses a HELLO of another major version; only the tunnel ends. The others
+ * are sent by the hub only, in place of its HELLO to refuse a tunnel, or on a
+ * ready tunnel to end it: `identity-in-use`, another instance of the agent holds
+ * live tunnels; `revoked`, the agent's certificate was revoked;
+ * `certificate-refused`, its certificate failed a check, which `problem` names.
+ * A receiver takes a code it does not know as `shutdown` on a ready tunnel, as a
+ * refusal before HELLO.
  */
-export type GoodbyeCode = 'shutdown' | 'identity-in-use' | 'unsupported-version';
+export type GoodbyeCode = 'shutdown' | 'identity-in-use' | 'unsupported-version' | 'revoked' | 'certificate-refused';
 
 export interface GoodbyeBody {
   code: GoodbyeCode | (string & {});
   /** Human-readable detail, for logs and health. */
   reason: string;
+  /**
+   * With `certificate-refused`, the failed check: unknown-ca, expired,
+   * not-yet-valid, no-certificate, no-common-name, invalid (shared/tls-failure.ts).
+   */
+  problem?: string;
 }
 
 export type ControlFrame =
@@ -231,6 +240,9 @@ export function decodeControlBody(type: number, streamId: number, payload: Buffe
   }
   if (type === FrameType.HELLO && body.worker !== undefined && !fieldMatches(body.worker, 'count')) {
     throw new EdgemuxError('E_FRAME_MALFORMED', `HELLO: worker must be a non-negative integer`);
+  }
+  if (type === FrameType.GOODBYE && body.problem !== undefined && typeof body.problem !== 'string') {
+    throw new EdgemuxError('E_FRAME_MALFORMED', `GOODBYE: problem must be a string`);
   }
   if (type === FrameType.HELLO && body.capabilities !== undefined && !isStringList(body.capabilities)) {
     throw new EdgemuxError('E_FRAME_MALFORMED', `HELLO: capabilities must be an array of strings`);

@@ -39,6 +39,16 @@ export interface IssueCertificateOptions {
   /** DNS names and IP addresses; a server certificate without any gets its commonName. */
   altNames?: string[];
   validDays?: number;
+  /** Validity in milliseconds, for short-lived enrolled certificates; takes precedence over validDays. */
+  validMs?: number;
+}
+
+/** A certificate signed from an agent's request, with what the hub records of it. */
+export interface SignedCertificate {
+  certPem: string;
+  /** Lowercase hex, as in `certificateSerial`. */
+  serial: string;
+  notAfter: Date;
 }
 
 export interface DevPkiOptions {
@@ -85,6 +95,63 @@ export function createCertificateAuthority(opts: CertificateAuthorityOptions = {
 export function issueCertificate(ca: CertificateAndKey, opts: IssueCertificateOptions): CertificateAndKey {
   const keyPem = generateKeyPem();
   return { certPem: signLeafCertificate(ca, publicKeyPemOf(keyPem), opts), keyPem };
+}
+
+/**
+ * A PKCS#10 request for `commonName` signed with the agent's own key, so the
+ * key never leaves the agent. node-forge signs it: node:crypto cannot build CSRs.
+ */
+export function createCertificateRequest(keyPem: string, commonName: string): string {
+  checkCommonName(commonName);
+  const csr = forge.pki.createCertificationRequest();
+  csr.publicKey = forge.pki.publicKeyFromPem(publicKeyPemOf(keyPem));
+  csr.setSubject([{ shortName: 'CN', value: commonName }]);
+  csr.sign(forge.pki.privateKeyFromPem(keyPem), forge.md.sha256.create());
+  return forge.pki.certificationRequestToPem(csr);
+}
+
+/**
+ * Signs a client certificate for `commonName` over the public key of `csrPem`.
+ * The name comes from the caller (the hub's record of who the token or the
+ * presented certificate belongs to), never from the request's subject: a
+ * request proves possession of a key, not an identity.
+ */
+export function signCertificateRequest(ca: CertificateAndKey, csrPem: string, opts: { commonName: string; validMs: number }): SignedCertificate {
+  const certPem = signLeafCertificate(ca, checkCertificateRequest(csrPem), { commonName: opts.commonName, role: 'client', validMs: opts.validMs });
+  const x509 = new X509Certificate(certPem);
+  return { certPem, serial: certificateSerial(x509), notAfter: new Date(x509.validTo) };
+}
+
+/** Checks that a request is well formed, self-signed and carries a key strong enough; returns its public key PEM. */
+export function checkCertificateRequest(csrPem: string): string {
+  let csr: forge.pki.CertificateSigningRequest;
+  try {
+    csr = forge.pki.certificationRequestFromPem(csrPem);
+  } catch (err) {
+    throw new EdgemuxError('E_ENROLL_BAD_REQUEST', 'not a PEM certificate request', { cause: err });
+  }
+  let verified = false;
+  try {
+    verified = csr.verify();
+  } catch {
+    // forge throws on some malformed signatures; either way the request is refused below.
+  }
+  if (!verified) throw new EdgemuxError('E_ENROLL_BAD_REQUEST', 'certificate request signature does not verify');
+  const publicKey = csr.publicKey as forge.pki.rsa.PublicKey | null;
+  if (publicKey === null || typeof publicKey.n?.bitLength !== 'function' || publicKey.n.bitLength() < RSA_MODULUS_BITS) {
+    throw new EdgemuxError('E_ENROLL_BAD_REQUEST', `certificate request key must be RSA of at least ${RSA_MODULUS_BITS} bits`);
+  }
+  return forge.pki.publicKeyToPem(publicKey);
+}
+
+/** The serial as lowercase hex without leading zeros, the form OpenSSL and node:tls report it in (case aside). */
+export function certificateSerial(cert: X509Certificate | string): string {
+  const x509 = typeof cert === 'string' ? new X509Certificate(cert) : cert;
+  return x509.serialNumber.toLowerCase().replace(/^0+(?=.)/, '');
+}
+
+export function generatePrivateKeyPem(): string {
+  return generateKeyPem();
 }
 
 /** SHA-256 over the DER encoding, lowercase hex without colons, for pinning and logs. */
@@ -215,9 +282,9 @@ function buildCaCertificate(keyPem: string, opts: CertificateAuthorityOptions): 
 }
 
 function signLeafCertificate(ca: CertificateAndKey, publicKeyPem: string, opts: IssueCertificateOptions): string {
-  const validDays = opts.validDays ?? DEFAULT_LEAF_VALID_DAYS;
+  const validMs = opts.validMs ?? (opts.validDays ?? DEFAULT_LEAF_VALID_DAYS) * DAY_MS;
   checkCommonName(opts.commonName);
-  checkValidDays(validDays);
+  checkValidDays(validMs / DAY_MS);
   const caX509 = parseCertificate(ca.certPem, 'CA certificate');
   checkKeyMatches(caX509, ca.keyPem, 'CA certificate', 'CA key');
   const caCert = forge.pki.certificateFromPem(ca.certPem);
@@ -236,7 +303,7 @@ function signLeafCertificate(ca: CertificateAndKey, publicKeyPem: string, opts: 
     extensions.push({ name: 'subjectAltName', altNames: altNames.map(toGeneralName) });
   }
 
-  const cert = newCertificate(publicKeyPem, validDays);
+  const cert = newCertificate(publicKeyPem, validMs / DAY_MS);
   cert.setSubject([{ shortName: 'CN', value: opts.commonName }]);
   cert.setIssuer(caCert.subject.attributes);
   cert.setExtensions(extensions);
@@ -249,8 +316,11 @@ function newCertificate(publicKeyPem: string, validDays: number): forge.pki.Cert
   cert.publicKey = forge.pki.publicKeyFromPem(publicKeyPem);
   cert.serialNumber = randomSerialHex();
   const now = Date.now();
-  cert.validity.notBefore = new Date(now - CLOCK_SKEW_MS);
-  cert.validity.notAfter = new Date(now + validDays * DAY_MS);
+  const validMs = validDays * DAY_MS;
+  // A short-lived certificate backdated by a whole hour would spend most of
+  // its window before it was issued, and renewal at a fraction of it would come at once.
+  cert.validity.notBefore = new Date(now - Math.min(CLOCK_SKEW_MS, validMs / 10));
+  cert.validity.notAfter = new Date(now + validMs);
   return cert;
 }
 

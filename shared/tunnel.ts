@@ -200,9 +200,11 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   /**
    * Says goodbye (the last frame this side sends on the tunnel) and closes.
    * Resolves once the peer has had the chance to read everything sent before.
+   * `extra.problem` names the failed certificate check of a `certificate-refused`.
    */
-  goodbye(code: GoodbyeCode, reason: string): Promise<void> {
-    this.send({ type: FrameType.GOODBYE, streamId: 0, body: { code, reason } });
+  goodbye(code: GoodbyeCode, reason: string, extra: Pick<GoodbyeBody, 'problem'> = {}): Promise<void> {
+    const body: GoodbyeBody = extra.problem !== undefined ? { code, reason, problem: extra.problem } : { code, reason };
+    this.send({ type: FrameType.GOODBYE, streamId: 0, body });
     this.close(code, `said goodbye (${code}): ${reason}`);
     return this.socketClosed;
   }
@@ -229,6 +231,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     if (this.socket.destroyed) return;
     const linger = this.clock.setTimeout(() => this.socket.destroy(), this.options.closeLingerMs ?? TUNNEL_DEFAULTS.closeLingerMs);
     this.socket.once('close', () => linger.cancel());
+    // Whatever the peer still sends is read and dropped, so its close reaches us as a FIN, not stuck behind unread bytes.
+    this.socket.resume();
     this.socket.end();
   }
 

@@ -3,6 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { CloudHub } from '../../cloud-hub/hub.js';
 import { EdgeAgent } from '../../edge-agent/agent.js';
 import { agentMetrics, agentReadiness } from '../../edge-agent/agent-metrics.js';
+import { createCertificateAuthority, issueCertificate } from '../../shared/pki.js';
 import { agentOptions, connectClient, eventually, hubOptions, removePki, testPki } from '../support/chain.js';
 import { HoldRelay } from '../support/hold-relay.js';
 
@@ -90,5 +91,24 @@ describe('one certificate, two agent processes', () => {
     await first.pool.waitForTunnels(2, 5000);
     expect(first.pool.refusals()).toEqual([]);
     expect(agentReadiness(first)).toMatchObject({ ready: true, reasons: [] });
+  });
+
+  it('records a certificate refused in place of HELLO as a refusal too, with the failed check', async () => {
+    const { pki } = await testPki();
+    const hub = await CloudHub.start(hubOptions(pki));
+    cleanups.push(() => hub.close());
+    const foreign = issueCertificate(createCertificateAuthority({ commonName: 'foreign CA' }), { commonName: 'agent-1', role: 'client' });
+    const stranger = await EdgeAgent.start({ ...agentOptions(pki, hub.tunnelAddress.port), tls: { ca: pki.ca, cert: foreign.certPem, key: foreign.keyPem } });
+    cleanups.push(() => stranger.close());
+
+    await eventually(() => stranger.pool.refusals().length === stranger.pool.size, 5000, 'both tunnels refused');
+    const [refusal] = stranger.pool.refusals();
+    expect(refusal).toMatchObject({ code: 'certificate-refused', problem: 'unknown-ca' });
+    const readiness = agentReadiness(stranger);
+    expect(readiness.ready).toBe(false);
+    expect(readiness.refusals).toEqual(stranger.pool.refusals());
+    expect(readiness.reasons.join('\n')).toMatch(/certificate-refused: unknown-ca/);
+    expect(await agentMetrics(stranger).metrics()).toMatch(/edgemux_agent_tunnel_refusals_total\{code="certificate-refused"\} [1-9]/);
+    expect(hub.stats().tunnels).toBe(0);
   });
 });

@@ -126,8 +126,12 @@ const pingFrame: fc.Arbitrary<ControlFrame> = fc
   .map(({ type, sentAt }) => ({ type, streamId: 0, body: { sentAt } }) as ControlFrame);
 
 const goodbyeFrame: fc.Arbitrary<ControlFrame> = fc
-  .record({ code: fc.oneof(fc.constantFrom('shutdown', 'identity-in-use'), text), reason: text })
-  .map((body) => ({ type: FrameType.GOODBYE, streamId: 0, body }));
+  .record({
+    code: fc.oneof(fc.constantFrom('shutdown', 'identity-in-use', 'unsupported-version', 'revoked', 'certificate-refused'), text),
+    reason: text,
+    problem: fc.option(fc.oneof(fc.constantFrom('unknown-ca', 'expired', 'not-yet-valid', 'no-certificate', 'no-common-name', 'invalid'), text), { nil: undefined }),
+  })
+  .map(({ problem, ...body }) => ({ type: FrameType.GOODBYE, streamId: 0, body: problem === undefined ? body : { ...body, problem } }));
 
 const controlFrame = fc.oneof(helloFrame, openFrame, acceptFrame, resumeFrame, closeFrame, pingFrame, goodbyeFrame);
 const anyFrame = fc.oneof(dataFrame, ackFrame, controlFrame);
@@ -157,7 +161,7 @@ const VALID_BODIES: Record<number, Record<string, unknown>> = {
   [FrameType.CLOSE]: { reason: 'bye', abrupt: false },
   [FrameType.PING]: { sentAt: 1_700_000_000_000 },
   [FrameType.PONG]: { sentAt: 1_700_000_000_000 },
-  [FrameType.GOODBYE]: { code: 'shutdown', reason: 'agent shutting down' },
+  [FrameType.GOODBYE]: { code: 'certificate-refused', reason: 'certificate expired', problem: 'expired' },
 };
 
 // ---- tests ---------------------------------------------------------------
@@ -294,6 +298,22 @@ describe('frame codec: hostile input', () => {
     );
   });
 
+  it('encodes the revocation and certificate refusal GOODBYEs as in docs/protocol.md 14.3', () => {
+    const revoked = encodeFrame({ type: FrameType.GOODBYE, streamId: 0, body: { code: 'revoked', reason: 'box stolen' } });
+    expect(revoked.toString('hex')).toBe('09' + '00000000' + '00000022' + 'de0002' + 'a4636f6465' + 'a77265766f6b6564' + 'a6726561736f6e' + 'aa626f782073746f6c656e');
+    const refused = encodeFrame({
+      type: FrameType.GOODBYE,
+      streamId: 0,
+      body: { code: 'certificate-refused', reason: 'no certificate presented', problem: 'no-certificate' },
+    });
+    expect(refused.toString('hex')).toBe(
+      '09' + '00000000' + '00000053' + 'de0003' +
+        'a4636f6465' + 'b363657274696669636174652d72656675736564' +
+        'a6726561736f6e' + 'b86e6f2063657274696669636174652070726573656e746564' +
+        'a770726f626c656d' + 'ae6e6f2d6365727469666963617465',
+    );
+  });
+
   it('rejects a HELLO whose capabilities are not an array of strings', () => {
     const hello = VALID_BODIES[FrameType.HELLO];
     for (const capabilities of ['goodbye', ['goodbye', 7], { goodbye: true }, null]) {
@@ -322,6 +342,31 @@ describe('frame codec: hostile input', () => {
       expect(decodeFrames(controlFrameWithBody(Number(type), body), MAX_PAYLOAD)).toEqual([
         { type: Number(type), streamId: 0, body },
       ]);
+    }
+  });
+
+  it('decodes GOODBYE of every code as sent: shutdown, identity, version and certificate refusals and a code from a newer peer', () => {
+    const bodies = [
+      { code: 'shutdown', reason: 'hub shutting down' },
+      { code: 'identity-in-use', reason: 'agent-1 worker 0 is connected from another process' },
+      { code: 'unsupported-version', reason: 'hub speaks version 1 only' },
+      { code: 'revoked', reason: 'certificate of agent agent-1 revoked' },
+      { code: 'certificate-refused', reason: 'no certificate presented', problem: 'no-certificate' },
+      { code: 'certificate-refused', reason: 'certificate expired (CERT_HAS_EXPIRED)', problem: 'expired' },
+      { code: 'maintenance', reason: 'a code this side does not know' },
+    ];
+    for (const body of bodies) {
+      expect(decodeFrames(encodeFrame({ type: FrameType.GOODBYE, streamId: 0, body }), MAX_PAYLOAD)).toEqual([{ type: FrameType.GOODBYE, streamId: 0, body }]);
+    }
+    // Keys a newer peer adds are carried, not refused (3.5).
+    const extended = { code: 'revoked', reason: 'r', revokedAt: 1_700_000_000_000 };
+    expect(decodeFrames(controlFrameWithBody(FrameType.GOODBYE, extended), MAX_PAYLOAD)).toEqual([{ type: FrameType.GOODBYE, streamId: 0, body: extended }]);
+  });
+
+  it('rejects a GOODBYE whose optional problem is not a string', () => {
+    for (const wrong of WRONG_VALUES.string) {
+      const body = { ...VALID_BODIES[FrameType.GOODBYE], problem: wrong };
+      expect(errorCodeOf(() => decodeFrames(controlFrameWithBody(FrameType.GOODBYE, body), MAX_PAYLOAD))).toBe('E_FRAME_MALFORMED');
     }
   });
 
