@@ -53,6 +53,12 @@ const routeSchema = z.strictObject({
     z.strictObject({
       brokers: z.array(brokerSchema).min(1, 'name at least one broker'),
       healthCheckMs: z.number().int().min(0).default(5000),
+      /**
+       * How long a device stays attached while its broker is away (a restart):
+       * the hub reconnects on its behalf meanwhile. 0 disconnects the device
+       * with its broker connection. Default in external-broker.ts, 30 000.
+       */
+      reconnectGraceMs: z.number().int().min(0).optional(),
     }),
   ]),
 });

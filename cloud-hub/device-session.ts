@@ -1,13 +1,46 @@
 import type { IConnectPacket } from 'mqtt-packet';
-import { FrameType } from '../shared/frame-codec.js';
+import type { Clock } from '../shared/clock.js';
+import type { EndCode } from '../shared/end-reasons.js';
 import type { Logger } from '../shared/logger.js';
 import { PacketType, packetTypeOf, PINGREQ_BYTES, streamPayloadProblem, wholePacketSize } from '../shared/mqtt-framing.js';
 import type { MuxStream, StreamSink } from '../shared/mux-stream.js';
+import { type CloseIntent, isAttached, isClosing } from '../shared/stream-lifecycle.js';
+import type { StreamEntry } from '../shared/stream-table.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import { effectiveKeepalive, parseConnack, refusalConnack } from '../shared/connack.js';
 import type { BrokerLink, BrokerLinkOwner } from './broker-link.js';
 import { DeliveryFramer, type OversizedPacket, publishSummary } from './delivery-framer.js';
 import type { HubCounters, RefusalReason } from './hub-counters.js';
+
+/** Ends an operator asks for through the admin API. */
+export type OperatorEndCode = 'operator-disconnected' | 'drained';
+
+type BrokerEndCode = 'broker-closed' | 'device-disconnected' | 'broker-unavailable' | 'slow-consumer' | OperatorEndCode;
+
+const END_DETAIL: Record<BrokerEndCode, string> = {
+  'broker-closed': 'broker closed the session',
+  'device-disconnected': 'device sent DISCONNECT',
+  'broker-unavailable': 'no broker of the route could be reached',
+  'slow-consumer': 'device did not read its messages',
+  'operator-disconnected': 'disconnected by an operator',
+  drained: 'agent drained',
+};
+
+/** Why a stream ended, as the end codes of docs/errors.md name it, and the words for people. */
+export interface SessionEnd {
+  code: EndCode;
+  detail: string;
+}
+
+/**
+ * The end code of a refusal's CLOSE: the refusal reason says more in the
+ * hub's own log and metrics; the agent needs only the kind of end.
+ */
+function refusalEndCode(reason: RefusalReason): EndCode {
+  if (reason === 'protocol-violation') return 'protocol-error';
+  if (reason === 'connect-timeout') return 'connect-timeout';
+  return 'refused';
+}
 
 /** How long a broker may take to read a closed device's last bytes before the link is cut. */
 const BROKER_END_TIMEOUT_MS = 5000;
@@ -17,11 +50,12 @@ const DROP_LOG_INTERVAL_MS = 10_000;
 /**
  * attached: its stream runs over a live tunnel.
  * detached: the tunnel is gone; the broker session stays up for the resume grace period.
- * closed: the broker connection is ended.
+ * closed: the stream is forgotten and the broker connection ended.
  */
 export type SessionState = 'attached' | 'detached' | 'closed';
 
 export type SessionStream = MuxStream<DeviceSession, Tunnel>;
+export type SessionEntry = StreamEntry<DeviceSession>;
 
 export interface DeviceSessionOptions {
   /** The client ID of the stream's OPEN; the hub admits only a CONNECT that names the same. */
@@ -34,6 +68,8 @@ export interface DeviceSessionOptions {
    * without limit.
    */
   maxQueuedBytes: number;
+  /** Broker keepalive, CONNECT timeout and the broker's last read count on it. */
+  clock: Clock;
   log: Logger;
   /**
    * The stream's first packet, its CONNECT, arrived: the hub either refuses
@@ -47,7 +83,10 @@ export interface DeviceSessionOptions {
   counters: HubCounters;
   /** The session refused its device; the hub counts and logs it. */
   onRefused(session: DeviceSession, reason: RefusalReason, detail: string): void;
-  onClosed(session: DeviceSession): void;
+  /** The broker ended the session: the stream closes, now or once it resumes. */
+  brokerEnded(session: DeviceSession, close: CloseIntent): void;
+  /** The session must end at once, keeping nothing (docs/protocol.md 5.3 rule 7). */
+  refused(session: DeviceSession, close: CloseIntent): void;
 }
 
 /** MQTT 5 §3.14.2.1 reason codes the hub sends a device it ends. */
@@ -68,12 +107,11 @@ function disconnectPacket(protocolVersion: number, reasonCode: number): Buffer {
  * PINGRESPs.
  */
 export class DeviceSession implements StreamSink, BrokerLinkOwner {
-  state: SessionState = 'attached';
   /** The device's connection to its broker; null until the hub has admitted the stream's CONNECT. */
   link: BrokerLink | null = null;
-  readonly openedAt = Date.now();
-  stream!: SessionStream;
-  detachedAt = 0;
+  readonly openedAt: number;
+  /** The hub's stream table holds the stream and its lifecycle state. */
+  private entry!: SessionEntry;
   /** QoS 0 messages dropped because the device could not take them. */
   droppedQos0 = 0;
   /** Deliveries dropped because they are larger than the hub or the agent accepts. */
@@ -82,16 +120,14 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   admitted = false;
   /** Traffic counters, read by the hub's sweep for the device registry. */
   readonly traffic = { bytesToBroker: 0, packetsToBroker: 0, bytesToDevice: 0, packetsToDevice: 0 };
-  readonly connectedAt = Date.now();
+  readonly connectedAt: number;
   /** When the device last sent a packet that crossed the tunnel (its PINGREQs are answered at the agent). */
-  lastSeenAt = this.connectedAt;
+  lastSeenAt: number;
   /** Name of the route that chose the device's broker; 'embedded' when none matched. */
   route = 'embedded';
   /** Why the session ended, for the hub's disconnect log; the first cause wins. */
-  endReason: string | null = null;
-  private lastToBrokerAt = this.connectedAt;
-  /** The device's last packet was a DISCONNECT, so the broker closing next is the device leaving. */
-  private disconnectSeen = false;
+  endReason: SessionEnd | null = null;
+  private lastToBrokerAt: number;
   private readonly framer: DeliveryFramer;
   /** QoS 2 deliveries the hub received on the device's behalf: their PUBREL is answered here, never seen by the device. */
   private readonly answeredQos2 = new Set<number>();
@@ -101,10 +137,8 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   /** Broker packets for the device waiting for stream credit; bounded by maxQueuedBytes. */
   private waiting: Buffer[] = [];
   private waitingBytes = 0;
-  /** This side sent (or, while detached, owes) CLOSE and waits for the agent's. */
-  private closing = false;
-  /** The highest RESUME attempt honoured; older ones arrive over abandoned tunnels. */
-  lastResumeAttempt = 0;
+  /** Why the broker connection is ending when the hub itself ended it. */
+  private endingAs: BrokerEndCode = 'broker-closed';
 
   /** The device's keepalive (MQTT 3.1.1 §3.1.2.10), or the server's when an MQTT 5 broker set one; 0 disables it. */
   private keepaliveSeconds = 0;
@@ -112,6 +146,8 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
 
   constructor(private readonly options: DeviceSessionOptions) {
     this.framer = new DeliveryFramer(options.maxPacketSize);
+    this.openedAt = options.clock.now();
+    this.connectedAt = this.lastSeenAt = this.lastToBrokerAt = this.openedAt;
   }
 
   /** Broker output waiting for stream credit. */
@@ -122,6 +158,21 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
   /** Device bytes received but not yet credited back to the agent, because the broker link is full. */
   get heldCredit(): number {
     return this.creditHeldBack;
+  }
+
+  get stream(): SessionStream {
+    return this.entry.stream;
+  }
+
+  get state(): SessionState {
+    const state = this.entry.state;
+    if (state.phase === 'forgotten') return 'closed';
+    return isAttached(state) ? 'attached' : 'detached';
+  }
+
+  /** This side sent (or, while detached, owes) CLOSE and waits for the agent's. */
+  private get closing(): boolean {
+    return isClosing(this.entry.state);
   }
 
   get awaitingConnect(): boolean {
@@ -144,13 +195,11 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
    */
   refuse(code: RefusalReason, reason: string, connack: Buffer | null): void {
     if (this.state === 'closed') return;
+    const endCode = refusalEndCode(code);
     if (this.link === null) this.options.onRefused(this, code, reason);
-    else this.endReason ??= reason;
+    else this.ended(endCode, reason);
     if (connack !== null) this.stream.write(connack);
-    this.stream.carrier?.send({ type: FrameType.CLOSE, streamId: this.stream.id, body: { reason, abrupt: false } });
-    const link = this.link;
-    this.finish();
-    link?.destroy();
+    this.options.refused(this, { code: endCode, reason, abrupt: false });
   }
 
   get clientId(): string {
@@ -171,8 +220,14 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     return this.keepaliveSeconds;
   }
 
-  bind(stream: SessionStream): void {
-    this.stream = stream;
+  /** Where the resume grace period counts from, while the stream is detached. */
+  get detachedAt(): number {
+    const state = this.entry.state;
+    return 'detachedAt' in state ? state.detachedAt : 0;
+  }
+
+  bind(entry: SessionEntry): void {
+    this.entry = entry;
   }
 
   // device → broker
@@ -190,13 +245,13 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
       this.options.admit(this, payload.subarray(0, wholePacketSize(payload, 0, this.options.maxPacketSize)));
       if (this.link === null) return;
     }
-    this.lastSeenAt = this.lastToBrokerAt = Date.now();
+    this.lastSeenAt = this.lastToBrokerAt = this.options.clock.now();
+    // The broker closes once it reads a DISCONNECT, which is always the device's last packet: that close is the device's doing.
+    if (packetTypeOf(payload) === PacketType.DISCONNECT) this.endingAs = 'device-disconnected';
     this.traffic.bytesToBroker += payload.length;
     this.traffic.packetsToBroker++;
     this.options.counters.bytesToBroker += payload.length;
     this.options.counters.messagesToBroker++;
-    // The agent writes one packet per DATA payload, so its first byte is the packet's type.
-    this.disconnectSeen = payload[0] === DISCONNECT_PACKET_TYPE_BYTE;
     if (this.link!.push(payload)) {
       this.stream.consume(payload.length);
     } else {
@@ -267,13 +322,13 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     this.waitingBytes += packet.length;
     if (this.waitingBytes > this.options.maxQueuedBytes && this.link !== null && !this.link.destroyed) {
       this.options.log.warn(
-        { clientId: this.clientId, agentId: this.agentId, queuedBytes: this.waitingBytes, reason: 'slow consumer' },
+        { clientId: this.clientId, agentId: this.agentId, queuedBytes: this.waitingBytes, reason: 'slow-consumer' },
         'device is not reading; ending its session',
       );
       this.options.counters.slowConsumerCutoffs++;
-      this.endReason ??= 'slow consumer';
       this.waiting = [];
       this.waitingBytes = 0;
+      this.endingAs = 'slow-consumer';
       this.link.destroy();
     }
   }
@@ -299,7 +354,7 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
         this.link.push(Buffer.from([0x50, 0x02, ...id]));
       }
     }
-    const now = Date.now();
+    const now = this.options.clock.now();
     if (now - this.dropLoggedAt < DROP_LOG_INTERVAL_MS) {
       this.dropsUnlogged++;
       return;
@@ -342,58 +397,11 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
     }
   }
 
-  /** The tunnel under the stream died: hold the broker session for the resume grace period. */
-  detach(now: number): void {
-    if (this.state !== 'attached') return;
-    this.state = 'detached';
-    this.detachedAt = now;
-    this.stream.detach();
-  }
-
-  /** The agent resumed the stream on `tunnel`; replays what the agent has not received. */
-  reattach(tunnel: Tunnel, agentReceived: number, agentWindow: number): void {
-    if (this.state === 'closed') return;
-    this.state = 'attached';
-    this.stream.attach(tunnel, agentReceived, agentWindow);
-    if (this.closing) this.sendClose();
-  }
-
-  /**
-   * The agent closed the stream. If this side had already sent its CLOSE, the
-   * agent's confirms it; otherwise the device went away (`abrupt`: without
-   * DISCONNECT, so the broker publishes the will) and the agent gets a CLOSE back.
-   */
-  closeFromAgent(reason: string, abrupt: boolean): void {
-    if (this.state === 'closed') return;
-    if (this.closing) {
-      this.finish();
-      return;
-    }
-    this.endReason ??= this.disconnectSeen ? 'device sent DISCONNECT' : reason;
-    this.stream.carrier?.send({ type: FrameType.CLOSE, streamId: this.stream.id, body: { reason: 'closed', abrupt: false } });
-    this.endBrokerSide();
-  }
-
-  /**
-   * The session cannot go on (resume grace period over, the agent or the hub
-   * going away): end the broker session as an abrupt disconnect, so the
-   * broker publishes the will unless it read the device's DISCONNECT.
-   */
-  expire(reason = 'resume grace period expired'): void {
-    if (this.state === 'closed') return;
-    if (this.closing) {
-      this.finish();
-      return;
-    }
-    this.endReason ??= reason;
-    this.endBrokerSide();
-  }
-
   brokerUnavailable(reason: string): void {
     if (this.state === 'closed') return;
-    this.endReason ??= 'no broker';
     this.options.onRefused(this, 'no-broker', reason);
     this.stream.write(refusalConnack(this.protocolVersion, 'server-unavailable'));
+    this.endingAs = 'broker-unavailable';
     this.brokerClosed();
   }
 
@@ -404,11 +412,10 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
    */
   brokerClosed(): void {
     if (this.state === 'closed' || this.closing) return;
-    this.endReason ??= this.disconnectSeen ? 'device sent DISCONNECT' : 'broker closed the session';
-    this.closing = true;
     this.waiting = [];
     this.waitingBytes = 0;
-    if (this.state === 'attached') this.sendClose();
+    this.ended(this.endingAs, END_DETAIL[this.endingAs]);
+    this.options.brokerEnded(this, { code: this.endingAs, reason: END_DETAIL[this.endingAs], abrupt: false });
   }
 
   /**
@@ -419,44 +426,49 @@ export class DeviceSession implements StreamSink, BrokerLinkOwner {
    * DISCONNECT on the device's behalf, so no will is published for a device
    * expected back at once; otherwise the broker sees a lost connection.
    */
-  endByHub(reasonCode: number, reason: string, graceful: boolean): boolean {
+  endByHub(code: OperatorEndCode, reasonCode: number, graceful: boolean): boolean {
     // A session still waiting for its CONNECT has no broker side yet; its admission checks a drain.
     const link = this.link;
     if (this.state === 'closed' || this.closing || link === null) return false;
-    this.endReason ??= reason;
+    this.endingAs = code;
     if (this.version === 5) this.stream.write(disconnectPacket(5, reasonCode));
     if (graceful) {
       // The broker answers a DISCONNECT by closing, which ends the session as if the device had left.
       link.push(disconnectPacket(this.version, 0));
-      this.lastToBrokerAt = Date.now();
-      setTimeout(() => link.destroy(), BROKER_END_TIMEOUT_MS).unref();
+      this.lastToBrokerAt = this.options.clock.now();
+      this.options.clock.setTimeout(() => link.destroy(), BROKER_END_TIMEOUT_MS);
     } else {
       link.destroy();
     }
     return true;
   }
 
-  private sendClose(): void {
-    this.stream.carrier?.send({ type: FrameType.CLOSE, streamId: this.stream.id, body: { reason: 'broker closed the session', abrupt: false } });
-  }
-
-  private endBrokerSide(): void {
-    // Ending (not destroying) lets the broker read what the device sent last.
-    // The broker itself publishes the will unless it saw a DISCONNECT, which
-    // is exactly the abrupt case; the timer only guards a broker that stopped reading.
-    this.finish();
+  /**
+   * Ends the broker connection after the broker has read what the device
+   * sent last, without a DISCONNECT of ours: the broker publishes the will
+   * unless it read the device's own, which is exactly the abrupt case. The
+   * timer only guards a broker that stopped reading.
+   */
+  endBroker(): void {
     const link = this.link;
     if (link === null) return;
     link.push(null);
-    setTimeout(() => link.destroy(), BROKER_END_TIMEOUT_MS).unref();
+    this.options.clock.setTimeout(() => link.destroy(), BROKER_END_TIMEOUT_MS);
   }
 
-  private finish(): void {
-    this.state = 'closed';
-    this.stream.carrier?.streams.delete(this.stream.id);
-    this.stream.close();
+  /** Cuts the broker connection: a device that broke the rules, so the broker publishes the will. */
+  dropBroker(): void {
+    this.link?.destroy();
+  }
+
+  /** Names why the session ended, for the hub's disconnect line; the first cause wins. */
+  ended(code: EndCode, detail: string): void {
+    this.endReason ??= { code, detail };
+  }
+
+  /** The stream is forgotten: nothing more goes to the device. */
+  released(): void {
     this.waiting = [];
     this.waitingBytes = 0;
-    this.options.onClosed(this);
   }
 }

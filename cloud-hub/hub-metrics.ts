@@ -1,4 +1,5 @@
 import { Counter, Gauge, Registry } from 'prom-client';
+import { endCounter } from '../shared/end-metrics.js';
 import { perScrape, type Readiness } from '../shared/metrics-server.js';
 import type { CloudHub } from './hub.js';
 
@@ -99,6 +100,8 @@ export function hubMetrics(hub: CloudHub): Registry {
       }
     },
   });
+  endCounter(registry, 'edgemux_hub_stream_ends_total', 'Device streams ended, by reason (docs/errors.md)', () => hub.streamEnds);
+  endCounter(registry, 'edgemux_hub_tunnel_closes_total', 'Agent tunnels closed, by reason (docs/errors.md)', () => hub.tunnelEnds);
   return registry;
 }
 

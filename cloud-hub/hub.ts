@@ -2,25 +2,23 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { Aedes } from 'aedes';
-import type { IConnectPacket } from 'mqtt-packet';
-import { refusalConnack } from '../shared/connack.js';
-import { EdgemuxError, isEdgemuxError } from '../shared/errors.js';
-import { type ControlFrame, FrameType, type OpenBody, type ResumeBody } from '../shared/frame-codec.js';
+import { type Clock, systemClock, type Timer } from '../shared/clock.js';
+import { EndCounts } from '../shared/end-reasons.js';
+import { EdgemuxError } from '../shared/errors.js';
+import { type ControlFrame, FrameType } from '../shared/frame-codec.js';
 import { applyHello, buildHello, checkHello, refuseHello } from '../shared/hello.js';
 import { RateLimitedLog } from '../shared/log-rate-limit.js';
 import type { Logger } from '../shared/logger.js';
-import { parseConnect } from '../shared/mqtt-connect.js';
-import { MuxStream } from '../shared/mux-stream.js';
 import { Tunnel } from '../shared/tunnel.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
+import { type AgentRecord, AgentRecords } from './agent-records.js';
 import { ENROLL_ALPN } from '../shared/enrollment-wire.js';
 import type { CertificateAndKey } from '../shared/pki.js';
 import { ALPN_HTTP, ALPN_TUNNEL, DEFAULT_WS_PATH } from '../shared/transports/tunnel-port.js';
 import { AgentGate } from './agent-gate.js';
 import { AppAccess, anonymousAccess, isLoopbackHost } from './app-access.js';
-import { BrokerPipe } from './broker-pipe.js';
 import { HUB_DEFAULTS } from './config.js';
-import { DeviceSession, DISCONNECT_REASON, type SessionStream } from './device-session.js';
+import { type DeviceSession, DISCONNECT_REASON } from './device-session.js';
 import { type EmbeddedBroker, startEmbeddedBroker } from './embedded-broker.js';
 import { ExternalBrokerLink } from './external-broker.js';
 import { HubCounters, type RefusalReason } from './hub-counters.js';
@@ -28,9 +26,12 @@ import { EnrollmentServer } from './enrollment-server.js';
 import type { PasswordFile } from './password-file.js';
 import type { PkiStore } from './pki-store.js';
 import { Registry } from './registry.js';
+import type { NamespaceRule, Route } from './routes.js';
+import { SessionAdmission } from './session-admission.js';
+import { SessionIndex } from './session-index.js';
+import { SessionStreams } from './session-streams.js';
 import { type OfflineQueueLimits, SqlitePersistence } from './sqlite-persistence.js';
 import type { SubscriptionLimitOptions } from './subscription-limits.js';
-import { Namespaces, type NamespaceRule, type Route, Router } from './routes.js';
 import { WsTunnelListener } from './ws-tunnel-listener.js';
 
 export interface HubOptions {
@@ -82,6 +83,8 @@ export interface HubOptions {
   statePath?: string;
   /** Device connect, disconnect and refusal lines: at most `burst` at once and `perSecond` after that. */
   deviceLogLimit?: { perSecond: number; burst: number };
+  /** Time for the stream rules: grace periods, CONNECT timeouts, broker keepalives, tunnel heartbeats; the system clock when absent. */
+  clock?: Clock;
   /** Enrollment, renewal and revocation (docs/pki.md); without it the agent CA alone decides who connects. */
   pki?: {
     store: PkiStore;
@@ -157,19 +160,6 @@ export interface HubStats {
   unauthenticatedRefused: number;
 }
 
-/** What the hub knows of one agent process (one worker of it): its streams outlive any one tunnel. */
-interface AgentRecord {
-  key: string;
-  agentId: string;
-  worker: number;
-  instance: string;
-  streams: Map<number, SessionStream>;
-  /** Tunnels that completed HELLO and are not closed: while there is one, the instance holds the identity. */
-  tunnels: Set<Tunnel>;
-  /** The instance said GOODBYE: none of its streams will resume, each ends as its tunnel goes. */
-  departed: boolean;
-}
-
 /** Who is at the other end of an authenticated tunnel connection, whatever carries it. */
 export interface TunnelPeer {
   /** The common name of the agent's certificate. */
@@ -190,8 +180,6 @@ export function tunnelPeer(socket: tls.TLSSocket): TunnelPeer | null {
 const SWEEP_INTERVAL_MS = 1000;
 /** How long a stream may go without its CONNECT after OPEN (as long as a tunnel has for its HELLO). */
 const CONNECT_TIMEOUT_MS = TUNNEL_DEFAULTS.helloTimeoutMs;
-/** An agent may ask for a large window, but the hub's replay memory per stream stays bounded. */
-const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 
 function tunnelContext(material: HubOptions['tls']): tls.SecureContextOptions {
   return { ca: material.ca, cert: material.cert, key: material.key, minVersion: 'TLSv1.3' };
@@ -202,38 +190,26 @@ function tunnelAlpn(options: HubOptions): string[] {
   return options.webSocketPath === null ? [ALPN_TUNNEL, ENROLL_ALPN] : [ALPN_TUNNEL, ALPN_HTTP, ENROLL_ALPN];
 }
 
-function capWindow(window: number): number {
-  return Math.min(window, MAX_STREAM_WINDOW);
-}
-
 /**
  * The cloud side: accepts agent tunnels over mutual TLS, takes their streams
  * apart into one session per device and hands each to the embedded broker.
  */
 export class CloudHub {
   readonly broker: Aedes;
-  readonly sessions = new Set<DeviceSession>();
   readonly counters = new HubCounters();
-  private router: Router;
-  private namespaces: Namespaces;
-  private droppedQos0OfClosedSessions = 0;
-  private droppedOversizedOfClosedSessions = 0;
-  private readonly sessionsByClientId = new Map<string, DeviceSession>();
-  /** Client IDs each agent identity holds sessions for, across its workers. */
-  private readonly devicesByAgent = new Map<string, Set<string>>();
-  /** Agents at their device limit, so it is logged once each time it is reached. */
-  private readonly agentsAtDeviceLimit = new Set<string>();
-  private agentDeviceLimitRefused = 0;
-  /** Without a registry: every client ID a device has used on this hub, which no application may take. */
-  private readonly deviceClientIds = new Set<string>();
-  private readonly reportedTraffic = new WeakMap<DeviceSession, DeviceSession['traffic']>();
-  private readonly agents = new Map<string, AgentRecord>();
+  private readonly index: SessionIndex;
+  private readonly admission: SessionAdmission;
+  private readonly agents: AgentRecords;
+  private readonly streams: SessionStreams<AgentRecord>;
   private readonly tunnels = new Set<Tunnel>();
+  /** Agent tunnels closed since start, by why. */
+  readonly tunnelEnds = new EndCounts();
   private readonly tunnelSince = new WeakMap<Tunnel, { since: number; transport: TunnelView['transport']; remote: string }>();
   /** Agents whose devices are sent elsewhere: new ones are refused until the drain is lifted. */
   private readonly draining = new Set<string>();
   private readonly deviceLog: { connected: RateLimitedLog; disconnected: RateLimitedLog; refused: RateLimitedLog; resumeRefused: RateLimitedLog };
-  private readonly sweep: NodeJS.Timeout;
+  private readonly clock: Clock;
+  private readonly sweep: Timer;
   private readonly gate: AgentGate;
   private refusedTunnels = 0;
   private tunnelConnections = 0;
@@ -259,8 +235,7 @@ export class CloudHub {
     readonly registry: Registry | null,
   ) {
     this.broker = embedded.broker;
-    this.router = new Router(options.routes ?? []);
-    this.namespaces = new Namespaces(options.namespaces ?? []);
+    this.clock = options.clock ?? systemClock;
     const limit = options.deviceLogLimit ?? DEFAULT_DEVICE_LOG_LIMIT;
     this.deviceLog = {
       connected: new RateLimitedLog(options.log, { msg: 'device connected', plural: 'device connects', ...limit }),
@@ -269,6 +244,57 @@ export class CloudHub {
       // After a hub restart every stream of every agent asks to resume at once.
       resumeRefused: new RateLimitedLog(options.log, { msg: 'resume refused', plural: 'refused resumes', ...limit }),
     };
+    this.index = new SessionIndex(registry);
+    this.admission = new SessionAdmission(
+      {
+        routes: options.routes ?? [],
+        namespaces: options.namespaces ?? [],
+        maxClientIdLength: options.maxClientIdLength ?? HUB_DEFAULTS.maxClientIdLength,
+        maxDevicesPerAgent: options.maxDevicesPerAgent ?? HUB_DEFAULTS.maxDevicesPerAgent,
+        isDraining: (agentId) => this.draining.has(agentId),
+        connected: (session) => {
+          this.deviceLog.connected.info({ clientId: session.clientId, agentId: session.agentId, streamId: session.stream.id, route: session.route, backend: this.backendOf(session) });
+        },
+      },
+      embedded.broker,
+      this.index,
+    );
+    this.streams = new SessionStreams({
+      streamWindow: options.streamWindow,
+      maxPacketSize: options.maxPacketSize,
+      maxQueuedBytes: options.maxQueuedBytes,
+      resumeGraceMs: options.resumeGraceMs,
+      connectTimeoutMs: CONNECT_TIMEOUT_MS,
+      clock: this.clock,
+      counters: this.counters,
+      log: options.log,
+      opened: (session) => this.index.opened(session),
+      admit: (session, agent, open, connect, log) => this.admission.admit(session, agent.agentId, open, connect, log),
+      admitted: (session) => this.index.brokerAccepted(session),
+      refused: (session, reason, detail) => {
+        this.counters.refused(reason);
+        const clientId = session.clientId.slice(0, LOGGED_CLIENT_ID_CHARS);
+        this.deviceLog.refused.info({ clientId, agentId: session.agentId, streamId: session.stream.id, reason, detail });
+      },
+      resumeRefused: (agent, streamId, clientId) => {
+        this.counters.refused('unknown-session');
+        this.deviceLog.resumeRefused.info({ agentId: agent.agentId, streamId, clientId, reason: 'unknown-session', detail: 'no such session on this hub' });
+      },
+      resumed: () => this.counters.resumes++,
+      closed: (session, agent) => {
+        // Only an admitted device was logged as connected; a refused one was logged as refused.
+        if (session.link !== null) {
+          const end = session.endReason ?? { code: 'closed', detail: 'closed' };
+          this.deviceLog.disconnected.info({ clientId: session.clientId, agentId: session.agentId, streamId: session.stream.id, reason: end.code, detail: end.detail });
+        }
+        if (this.index.closed(session)) this.admission.releaseDevice(session.agentId, session.clientId);
+        this.agents.prune(agent);
+      },
+    });
+    this.agents = new AgentRecords((retired) => {
+      this.streams.endAll(retired, 'agent-restarted', 'agent restarted');
+      for (const tunnel of retired.tunnels) tunnel.close('agent-restarted', 'agent restarted');
+    });
     const pki = options.pki;
     this.gate = new AgentGate({
       store: pki?.store,
@@ -317,8 +343,7 @@ export class CloudHub {
       // With a tlsClientError listener Node leaves the socket open, timeouts included.
       socket.destroy();
     });
-    this.sweep = setInterval(() => this.sweepSessions(), SWEEP_INTERVAL_MS);
-    this.sweep.unref();
+    this.sweep = this.clock.setInterval(() => this.sweepSessions(), SWEEP_INTERVAL_MS);
     // The registry keeps what it could not write and retries: one line when the
     // disk goes away and one when it is back, the count of failures in metrics.
     registry?.on('flushFailed', (err, failures) => {
@@ -406,10 +431,14 @@ export class CloudHub {
     return this.embedded.appServer.address() as AddressInfo;
   }
 
+  /** The device sessions held. */
+  get sessions(): ReadonlySet<DeviceSession> {
+    return this.index.sessions;
+  }
+
   /** A client ID a device uses now or has used through a tunnel (recorded in the registry when there is one). */
   isDeviceClientId(clientId: string): boolean {
-    if (this.sessionsByClientId.has(clientId)) return true;
-    return this.registry !== null ? this.registry.knowsDevice(clientId) : this.deviceClientIds.has(clientId);
+    return this.index.isDeviceClientId(clientId);
   }
 
   stats(): HubStats {
@@ -417,38 +446,37 @@ export class CloudHub {
     let queuedBytes = 0;
     let replayBytes = 0;
     let brokerHeldBytes = 0;
-    let droppedQos0 = this.droppedQos0OfClosedSessions;
-    let droppedOversized = this.droppedOversizedOfClosedSessions;
     for (const session of this.sessions) {
       if (session.state === 'detached') detached++;
       queuedBytes += session.queuedBytes;
       replayBytes += session.stream.replayBytes;
       brokerHeldBytes += session.link?.heldBytes ?? 0;
-      droppedQos0 += session.droppedQos0;
-      droppedOversized += session.droppedOversized;
     }
-    const agents = new Set<string>();
-    for (const record of this.agents.values()) if (record.tunnels.size > 0) agents.add(record.agentId);
     return {
-      agents: agents.size,
+      agents: this.agents.connectedAgents,
       tunnels: this.tunnels.size,
       sessions: this.sessions.size,
       detached,
       queuedBytes,
       replayBytes,
       brokerHeldBytes,
-      droppedQos0,
-      droppedOversized,
+      droppedQos0: this.index.droppedQos0,
+      droppedOversized: this.index.droppedOversized,
       offlineDropped: this.embedded.persistence?.stats.offlineDropped ?? 0,
       offlineQueued: this.embedded.persistence?.stats.queuedMessages ?? 0,
       subscriptionsRefused: this.embedded.subscriptionLimits.refused,
       brokerClientErrors: this.embedded.stats.clientErrors,
-      agentDeviceLimitRefused: this.agentDeviceLimitRefused,
+      agentDeviceLimitRefused: this.admission.agentDeviceLimitRefused,
       refusedTunnels: this.refusedTunnels,
       unauthenticated: this.unauthenticated,
       handshakeTimeouts: this.handshakeTimeouts,
       unauthenticatedRefused: this.unauthenticatedRefused,
     };
+  }
+
+  /** Device streams ended since start, by why. */
+  get streamEnds(): EndCounts {
+    return this.streams.ends;
   }
 
   private get unauthenticated(): number {
@@ -497,11 +525,11 @@ export class CloudHub {
 
   /** The session of each connected client ID, in no particular order. */
   devices(): IterableIterator<DeviceSession> {
-    return this.sessionsByClientId.values();
+    return this.index.owners();
   }
 
   device(clientId: string): DeviceSession | undefined {
-    return this.sessionsByClientId.get(clientId);
+    return this.index.owner(clientId);
   }
 
   /** The broker a session's device is connected to: 'embedded' or the external broker's URL. */
@@ -514,8 +542,8 @@ export class CloudHub {
    * connection (and publishes its will). False when no such device is connected.
    */
   disconnectDevice(clientId: string): boolean {
-    const session = this.sessionsByClientId.get(clientId);
-    return session?.endByHub(DISCONNECT_REASON.administrativeAction, 'disconnected by an operator', false) ?? false;
+    const session = this.index.owner(clientId);
+    return session?.endByHub('operator-disconnected', DISCONNECT_REASON.administrativeAction, false) ?? false;
   }
 
   /**
@@ -528,7 +556,7 @@ export class CloudHub {
     this.draining.add(agentId);
     let ended = 0;
     for (const session of [...this.sessions]) {
-      if (session.agentId === agentId && session.endByHub(DISCONNECT_REASON.useAnotherServer, 'agent drained', true)) ended++;
+      if (session.agentId === agentId && session.endByHub('drained', DISCONNECT_REASON.useAnotherServer, true)) ended++;
     }
     this.options.log.info({ agentId, sessions: ended }, 'agent drained');
     return ended;
@@ -546,7 +574,7 @@ export class CloudHub {
     if (!this.tunnelServer.listening) reasons.push('tunnel listener is not listening');
     if (!this.embedded.appServer.listening) reasons.push('application listener is not listening');
     const routes: HubReadiness['routes'] = [];
-    for (const route of this.router.routes) {
+    for (const route of this.admission.routes) {
       if (route.backend.kind !== 'external') continue;
       const brokers = route.backend.group.health();
       routes.push({ route: route.name, brokers });
@@ -557,21 +585,14 @@ export class CloudHub {
     return { ready: reasons.length === 0, reasons, routes };
   }
 
-  /**
-   * Routes for devices that connect from now on. A session keeps the broker
-   * connection it has: a route's group is only consulted when a session opens,
-   * and its links hold their own sockets, so the old groups can stop their
-   * health checks at once without touching a connected device.
-   */
+  /** Routes for devices that connect from now on; connected devices keep their broker connections. */
   replaceRoutes(routes: Route[]): void {
-    const old = this.router;
-    this.router = new Router(routes);
-    old.close();
+    this.admission.replaceRoutes(routes);
   }
 
   /** Namespace rules for devices that connect from now on; connected devices were checked on their CONNECT and stay. */
   replaceNamespaces(rules: NamespaceRule[]): void {
-    this.namespaces = new Namespaces(rules);
+    this.admission.replaceNamespaces(rules);
     this.logNamespacePolicy();
   }
 
@@ -580,14 +601,15 @@ export class CloudHub {
    * ID; their operators learn here, once, why devices are refused now.
    */
   private logNamespacePolicy(): void {
-    const policy = this.namespaces.describe();
-    if (this.namespaces.byDefault) {
+    const namespaces = this.admission.namespaces;
+    const policy = namespaces.describe();
+    if (namespaces.byDefault) {
       this.options.log.warn(
         { policy, allowAll: { namespaces: [{ agentId: '*', clientIds: ['*'] }] } },
         'client ID namespaces: the default per agent; configure namespaces (allowAll lets every agent use every ID, as hubs before did)',
       );
     } else {
-      this.options.log.info({ policy, namespaces: this.namespaces.configured }, 'client ID namespaces');
+      this.options.log.info({ policy, namespaces: namespaces.configured }, 'client ID namespaces');
     }
   }
 
@@ -603,15 +625,14 @@ export class CloudHub {
   endAgent(agentId: string, reason: string): void {
     for (const record of [...this.agents.values()]) {
       if (record.agentId !== agentId) continue;
-      this.agents.delete(record.key);
-      for (const stream of [...record.streams.values()]) stream.sink.expire(reason);
-      record.streams.clear();
-      for (const tunnel of record.tunnels) {
-        tunnel.streams.clear();
-        void tunnel.goodbye('revoked', reason);
-      }
+      // Marked as gone first, so a tunnel closing under it cannot leave its streams waiting to resume.
+      record.departed = true;
+      this.streams.endAll(record, 'revoked', reason);
+      for (const tunnel of record.tunnels) void tunnel.goodbye('revoked', reason);
+      this.agents.forget(record);
     }
   }
+
 
   /**
    * A graceful stop: every session ends now (the broker publishes the wills
@@ -620,17 +641,17 @@ export class CloudHub {
    * resume grace period as after a network failure.
    */
   async close(): Promise<void> {
-    clearInterval(this.sweep);
+    this.sweep.cancel();
     this.gate.close();
     this.webSockets?.close();
     const serverClosed = new Promise<void>((resolve) => this.tunnelServer.close(() => resolve()));
-    this.reportTraffic();
-    for (const session of [...this.sessions]) session.expire('hub shutting down');
+    this.index.reportTraffic();
+    for (const record of this.agents.values()) this.streams.endAll(record, 'shutdown', 'hub shutting down');
     const withHello = new Set<Tunnel>();
     for (const record of this.agents.values()) for (const tunnel of record.tunnels) withHello.add(tunnel);
     for (const tunnel of this.tunnels) {
       if (withHello.has(tunnel)) void tunnel.goodbye('shutdown', 'hub shutting down');
-      else tunnel.close('hub shutting down');
+      else tunnel.close('shutdown', 'hub shutting down');
     }
     await serverClosed;
     try {
@@ -639,7 +660,7 @@ export class CloudHub {
       // The broker's own state is written next, whatever happened to the registry's.
       this.options.log.error({ reason: (err as { code?: string }).code ?? (err as Error).message }, 'registry not written at stop');
     }
-    this.router.close();
+    this.admission.close();
     this.options.pki?.store.close();
     await this.embedded.close();
   }
@@ -686,33 +707,36 @@ export class CloudHub {
       heartbeatMs: this.options.heartbeatMs,
       deadAfterMs: this.options.deadAfterMs,
       highWaterBytes: TUNNEL_DEFAULTS.highWaterBytes,
+      clock: this.clock,
       log,
     });
     let record: AgentRecord | null = null;
+    // DATA and ACK count once HELLO has named the agent, and only for its streams attached here.
+    tunnel.routeStreams((id) => record?.streams.attachedTo(tunnel, id)?.stream);
     const helloTimer = setTimeout(() => {
-      if (record === null) tunnel.close('no HELLO in time');
+      if (record === null) tunnel.close('hello-timeout', 'no HELLO in time');
     }, TUNNEL_DEFAULTS.helloTimeoutMs);
     this.tunnels.add(tunnel);
-    this.tunnelSince.set(tunnel, { since: Date.now(), ...shown });
+    this.tunnelSince.set(tunnel, { since: this.clock.now(), ...shown });
     tunnel.on('control', (frame) => {
       if (frame.type === FrameType.HELLO) {
         if (record !== null) {
-          tunnel.close('protocol violation: second HELLO');
+          tunnel.close('protocol-error', 'protocol violation: second HELLO');
           return;
         }
         clearTimeout(helloTimer);
         const check = checkHello(frame.body, 'agent');
         if (!check.accepted) {
           this.counters.refused('tunnel-protocol');
-          log.warn({ helloId: frame.body.id, version: frame.body.version, role: frame.body.role, reason: check.reason }, 'tunnel refused');
+          log.warn({ helloId: frame.body.id, version: frame.body.version, role: frame.body.role, reason: 'tunnel-protocol', detail: check.reason }, 'tunnel refused');
           refuseHello(tunnel, check);
           return;
         }
-        const admitted = this.registerAgent(agentId, frame.body.worker ?? 0, frame.body.instance, log);
+        const admitted = this.agents.register(agentId, frame.body.worker ?? 0, frame.body.instance, log);
         if (typeof admitted === 'string') {
           this.refusedTunnels++;
           this.counters.refused('tunnel-identity-in-use');
-          log.warn({ worker: frame.body.worker ?? 0, instance: frame.body.instance, helloId: frame.body.id, reason: admitted }, 'tunnel refused');
+          log.warn({ worker: frame.body.worker ?? 0, instance: frame.body.instance, helloId: frame.body.id, reason: 'tunnel-identity-in-use', detail: admitted }, 'tunnel refused');
           // The reason goes to the agent in place of HELLO, so its operator sees it there too.
           void tunnel.goodbye('identity-in-use', admitted);
           return;
@@ -737,7 +761,7 @@ export class CloudHub {
       }
       if (record === null) {
         log.warn({ reason: `frame type ${frame.type} before HELLO` }, 'closing tunnel');
-        tunnel.close('protocol violation: frame before HELLO');
+        tunnel.close('protocol-error', 'protocol violation: frame before HELLO');
         return;
       }
       this.onStreamControl(tunnel, record, frame, log);
@@ -746,295 +770,42 @@ export class CloudHub {
       // An agent refusing our HELLO's version gives up this tunnel, not its sessions.
       if (record === null || body.code === 'unsupported-version') return;
       log.info({ code: body.code, reason: body.reason, sessions: record.streams.size }, 'agent said goodbye; ending its sessions');
-      record.departed = true;
-      // Detached sessions have no tunnel left to end them; the attached ones end with their tunnel (below).
-      for (const stream of [...record.streams.values()]) {
-        if (stream.carrier === null) stream.sink.expire(`agent said goodbye: ${body.reason}`);
-      }
+      this.streams.departed(record, `agent said goodbye: ${body.reason}`);
     });
-    tunnel.on('closed', (reason) => {
+    tunnel.on('closed', (reason, detail) => {
       clearTimeout(helloTimer);
       this.tunnels.delete(tunnel);
-      log.info({ reason, streams: tunnel.streams.size }, 'agent tunnel down');
-      const streams = [...tunnel.streams.values()] as SessionStream[];
-      tunnel.streams.clear();
-      if (record?.departed) {
-        // Its GOODBYE came behind this tunnel's last frames (a DISCONNECT among them): the broker has them all.
-        for (const stream of streams) stream.sink.expire('agent said goodbye');
-      } else {
-        const now = Date.now();
-        for (const stream of streams) stream.sink.detach(now);
-      }
+      this.tunnelEnds.add(reason);
+      log.info({ reason, detail, streams: record?.streams.heldCount(tunnel) ?? 0 }, 'agent tunnel down');
       if (record !== null) {
+        this.streams.tunnelClosed(tunnel, record);
         this.helloTunnels--;
         record.tunnels.delete(tunnel);
         this.registry?.agentDisconnected(agentId, record.tunnels.size);
-        this.pruneAgent(record);
+        this.agents.prune(record);
       }
     });
-  }
-
-  /**
-   * The certificate's CN (with the worker index) is the identity; an
-   * instance is one process holding it. A new instance replaces the current
-   * one only once the current one has no live tunnel (closed, or declared
-   * dead by the heartbeat) or has said goodbye: a second process holding the
-   * same certificate is refused rather than allowed to end the sessions of
-   * the one that is running. Returns the record, or why the HELLO is refused.
-   */
-  private registerAgent(agentId: string, worker: number, instance: string, log: Logger): AgentRecord | string {
-    const key = `${agentId}#${worker}`;
-    const known = this.agents.get(key);
-    if (known !== undefined && known.instance === instance) return known;
-    if (known !== undefined && known.tunnels.size > 0 && !known.departed) {
-      return `agent ${agentId} worker ${worker} is already connected as another instance (${known.tunnels.size} live tunnels); a second process is using its certificate`;
-    }
-    if (known !== undefined) {
-      log.info({ previousInstance: known.instance, sessions: known.streams.size }, 'agent restarted; ending its old sessions');
-      for (const stream of [...known.streams.values()]) stream.sink.expire('agent restarted');
-      for (const tunnel of known.tunnels) tunnel.close('agent restarted');
-    }
-    const record: AgentRecord = { key, agentId, worker, instance, streams: new Map(), tunnels: new Set(), departed: false };
-    this.agents.set(key, record);
-    return record;
-  }
-
-  /** An agent with no tunnel and no session left is forgotten. */
-  private pruneAgent(record: AgentRecord): void {
-    if (record.tunnels.size > 0 || record.streams.size > 0 || this.agents.get(record.key) !== record) return;
-    this.agents.delete(record.key);
   }
 
   private onStreamControl(tunnel: Tunnel, record: AgentRecord, frame: ControlFrame, log: Logger): void {
     switch (frame.type) {
       case FrameType.OPEN:
-        this.openSession(tunnel, record, frame.streamId, frame.body, log);
+        this.streams.open(tunnel, record, frame.streamId, frame.body, log);
         return;
       case FrameType.RESUME:
-        this.resumeSession(tunnel, record, frame.streamId, frame.body, log);
+        this.streams.resume(tunnel, record, frame.streamId, frame.body, log);
         return;
-      case FrameType.CLOSE: {
-        const stream = record.streams.get(frame.streamId);
-        if (stream === undefined) {
-          // Answer, so an agent waiting to hear its CLOSE confirmed can let go.
-          tunnel.send({ type: FrameType.CLOSE, streamId: frame.streamId, body: { reason: 'unknown stream', abrupt: false } });
-        } else if (stream.carrier === tunnel) {
-          stream.sink.closeFromAgent(frame.body.reason, frame.body.abrupt);
-        }
+      case FrameType.CLOSE:
+        this.streams.closeReceived(tunnel, record, frame.streamId, frame.body);
         return;
-      }
       default:
         log.warn({ streamId: frame.streamId, reason: `unexpected frame type ${frame.type}` }, 'ignoring frame');
     }
   }
 
-  private openSession(tunnel: Tunnel, record: AgentRecord, streamId: number, open: OpenBody, log: Logger): void {
-    if (record.streams.has(streamId) || streamId % 2 === 0) {
-      tunnel.close(`protocol violation: stream ${streamId} is in use or not an agent stream id`);
-      return;
-    }
-    // Nothing is decided on OPEN: it is a label beside the CONNECT, and the
-    // broker acts on the CONNECT. The session waits for it (admitSession).
-    const session = new DeviceSession({
-      clientId: open.clientId,
-      agentId: record.agentId,
-      maxPacketSize: this.options.maxPacketSize,
-      maxQueuedBytes: this.options.maxQueuedBytes,
-      log,
-      admit: (admitted, connect) => this.admitSession(admitted, record, open, connect, log),
-      onAdmitted: (admitted) => {
-        // Only a device the broker accepted is recorded: refused client IDs would grow the registry without bound.
-        if (this.sessionsByClientId.get(admitted.clientId) !== admitted) return;
-        this.registry?.deviceConnected(admitted.clientId, record.agentId);
-        if (this.registry === null) this.deviceClientIds.add(admitted.clientId);
-      },
-      counters: this.counters,
-      onRefused: (refused, reason, detail) => {
-        this.counters.refused(reason);
-        const clientId = refused.clientId.slice(0, LOGGED_CLIENT_ID_CHARS);
-        this.deviceLog.refused.info({ clientId, agentId: refused.agentId, streamId: refused.stream.id, reason, detail });
-      },
-      onClosed: (closed) => {
-        // Only an admitted device was logged as connected; a refused one was logged as refused.
-        if (closed.link !== null) {
-          this.deviceLog.disconnected.info({ clientId: closed.clientId, agentId: closed.agentId, streamId: closed.stream.id, reason: closed.endReason ?? 'closed' });
-        }
-        this.sessions.delete(closed);
-        this.reportSessionTraffic(closed);
-        // After a takeover the newer session owns the client ID.
-        if (this.sessionsByClientId.get(closed.clientId) === closed) {
-          this.sessionsByClientId.delete(closed.clientId);
-          this.releaseDevice(closed.agentId, closed.clientId);
-          if (closed.admitted) this.registry?.deviceDisconnected(closed.clientId);
-        }
-        this.droppedQos0OfClosedSessions += closed.droppedQos0;
-        this.droppedOversizedOfClosedSessions += closed.droppedOversized;
-        if (record.streams.get(streamId) === closed.stream) record.streams.delete(streamId);
-        this.pruneAgent(record);
-      },
-    });
-    const stream: SessionStream = new MuxStream(streamId, tunnel, session, capWindow(open.window), this.options.streamWindow, this.options.maxPacketSize);
-    session.bind(stream);
-    tunnel.streams.set(streamId, stream);
-    record.streams.set(streamId, stream);
-    this.sessions.add(session);
-    tunnel.send({ type: FrameType.ACCEPT, streamId, body: { window: this.options.streamWindow, received: 0 } });
-  }
-
-  /**
-   * Checks the CONNECT the broker would read: its client ID and user name
-   * must be the ones the OPEN named (routing and the registry use those), the
-   * client ID must be no longer than maxClientIdLength and lie in the agent's
-   * namespace, the agent must not be drained, the backend must speak the
-   * device's protocol version, and the agent must hold fewer than
-   * maxDevicesPerAgent devices.
-   */
-  private admitSession(session: DeviceSession, record: AgentRecord, open: OpenBody, bytes: Buffer, log: Logger): void {
-    let connect: IConnectPacket;
-    try {
-      connect = parseConnect(bytes);
-    } catch (err) {
-      session.refuse('protocol-violation', isEdgemuxError(err) ? `${err.code}: ${err.message}` : String(err), null);
-      return;
-    }
-    const { clientId, username } = connect;
-    const version = connect.protocolVersion ?? 4;
-    const notAuthorized = refusalConnack(version, 'not-authorized');
-    if (clientId !== open.clientId || username !== open.username) {
-      const detail = `CONNECT names client ID ${JSON.stringify(clientId)} but OPEN named ${JSON.stringify(open.clientId)}, or their user names differ`;
-      session.refuse('connect-mismatch', detail, notAuthorized);
-      return;
-    }
-    if (clientId.length === 0) {
-      session.refuse('connect-mismatch', 'empty client ID in CONNECT (the agent assigns one)', refusalConnack(version, 'identifier-rejected'));
-      return;
-    }
-    const maxClientIdLength = this.options.maxClientIdLength ?? HUB_DEFAULTS.maxClientIdLength;
-    if (clientId.length > maxClientIdLength) {
-      const detail = `client ID of ${clientId.length} characters is longer than maxClientIdLength (${maxClientIdLength})`;
-      session.refuse('client-id-too-long', detail, refusalConnack(version, 'identifier-rejected'));
-      return;
-    }
-    if (!this.namespaces.allows(record.agentId, clientId)) {
-      const rule = this.namespaces.byDefault ? ` (no namespaces configured: agent ${record.agentId} may use "${record.agentId}:*")` : '';
-      session.refuse('namespace', `client ID outside the namespace of agent ${record.agentId}${rule}`, notAuthorized);
-      return;
-    }
-    if (this.draining.has(record.agentId)) {
-      session.refuse('agent-draining', `agent ${record.agentId} is drained`, refusalConnack(version, 'use-another-server'));
-      return;
-    }
-    const route = this.router.pick({ clientId, username, agentId: record.agentId });
-    const backend = route?.backend ?? { kind: 'embedded' };
-    if (backend.kind === 'embedded' && version === 5) {
-      session.refuse('mqtt5-on-embedded', 'MQTT 5 on the embedded 3.1.1 broker', refusalConnack(version, 'unsupported-protocol'));
-      return;
-    }
-    if (!this.holdDevice(record.agentId, clientId, log)) {
-      session.refuse('agent-device-limit', `agent ${record.agentId} holds maxDevicesPerAgent devices`, refusalConnack(version, 'quota-exceeded'));
-      return;
-    }
-    const previous = this.sessionsByClientId.get(clientId);
-    if (previous !== undefined && previous.agentId !== record.agentId) this.releaseDevice(previous.agentId, clientId);
-    if (route !== null) session.route = route.name;
-    this.sessionsByClientId.set(clientId, session);
-    if (backend.kind === 'embedded') {
-      session.connectBroker(connect, (owner) => {
-        const pipe = new BrokerPipe(owner);
-        this.broker.handle(pipe);
-        return pipe;
-      });
-    } else {
-      session.connectBroker(connect, (owner) => backend.group.connect(owner));
-    }
-    this.deviceLog.connected.info({ clientId, agentId: record.agentId, streamId: session.stream.id, route: session.route, backend: this.backendOf(session) });
-  }
-
-  /** Counts `clientId` against the agent's device limit; false when the agent is at it (a takeover within the agent is no new device). */
-  private holdDevice(agentId: string, clientId: string, log: Logger): boolean {
-    let held = this.devicesByAgent.get(agentId);
-    if (held === undefined) {
-      held = new Set();
-      this.devicesByAgent.set(agentId, held);
-    }
-    if (held.has(clientId)) return true;
-    const limit = this.options.maxDevicesPerAgent ?? HUB_DEFAULTS.maxDevicesPerAgent;
-    if (held.size >= limit) {
-      this.agentDeviceLimitRefused++;
-      if (!this.agentsAtDeviceLimit.has(agentId)) {
-        this.agentsAtDeviceLimit.add(agentId);
-        log.warn({ devices: held.size, limit, reason: 'maxDevicesPerAgent reached' }, 'refusing new devices of this agent');
-      }
-      return false;
-    }
-    held.add(clientId);
-    return true;
-  }
-
-  private releaseDevice(agentId: string, clientId: string): void {
-    const held = this.devicesByAgent.get(agentId);
-    if (held === undefined || !held.delete(clientId)) return;
-    this.agentsAtDeviceLimit.delete(agentId);
-    if (held.size === 0) this.devicesByAgent.delete(agentId);
-  }
-
-  private resumeSession(tunnel: Tunnel, record: AgentRecord, streamId: number, resume: ResumeBody, log: Logger): void {
-    const stream = record.streams.get(streamId);
-    if (stream === undefined || stream.sink.clientId !== resume.clientId || stream.sink.state === 'closed') {
-      this.counters.refused('unknown-session');
-      this.deviceLog.resumeRefused.info({ agentId: record.agentId, streamId, clientId: resume.clientId, reason: 'no such session on this hub' });
-      tunnel.send({ type: FrameType.CLOSE, streamId, body: { reason: 'unknown stream', abrupt: false } });
-      return;
-    }
-    if (resume.attempt <= stream.sink.lastResumeAttempt) {
-      log.debug({ streamId, attempt: resume.attempt }, 'stale RESUME ignored');
-      return;
-    }
-    stream.sink.lastResumeAttempt = resume.attempt;
-    // The agent may have given up on a tunnel this side still believes in.
-    if (stream.carrier !== null && stream.carrier !== tunnel) {
-      stream.carrier.streams.delete(streamId);
-      stream.sink.detach(Date.now());
-    }
-    tunnel.streams.set(streamId, stream);
-    tunnel.send({ type: FrameType.ACCEPT, streamId, body: { window: this.options.streamWindow, received: stream.receivedOffset } });
-    stream.sink.reattach(tunnel, resume.received, capWindow(resume.window));
-    this.counters.resumes++;
-    log.debug({ streamId, clientId: resume.clientId }, 'stream resumed');
-  }
-
-  /** Hands each session's traffic since the last report to the registry, which writes it in batches. */
-  private reportTraffic(): void {
-    if (this.registry === null) return;
-    for (const session of this.sessions) this.reportSessionTraffic(session);
-  }
-
-  private reportSessionTraffic(session: DeviceSession): void {
-    if (this.registry === null || !session.admitted) return;
-    const now = session.traffic;
-    const last = this.reportedTraffic.get(session) ?? { bytesToBroker: 0, packetsToBroker: 0, bytesToDevice: 0, packetsToDevice: 0 };
-    if (now.packetsToBroker === last.packetsToBroker && now.packetsToDevice === last.packetsToDevice) return;
-    if (now.packetsToBroker > last.packetsToBroker) {
-      this.registry.countToBroker(session.clientId, now.bytesToBroker - last.bytesToBroker, now.packetsToBroker - last.packetsToBroker);
-    }
-    if (now.packetsToDevice > last.packetsToDevice) {
-      this.registry.countToDevice(session.clientId, now.bytesToDevice - last.bytesToDevice, now.packetsToDevice - last.packetsToDevice);
-    }
-    this.reportedTraffic.set(session, { ...now });
-  }
-
   private sweepSessions(): void {
-    this.reportTraffic();
-    const now = Date.now();
-    for (const session of this.sessions) {
-      if (session.state === 'detached' && now - session.detachedAt > this.options.resumeGraceMs) {
-        session.expire();
-      } else if (session.awaitingConnect && session.state === 'attached' && now - session.openedAt > CONNECT_TIMEOUT_MS) {
-        // The agent sends the CONNECT right behind the OPEN; a stream without one only holds memory.
-        session.refuse('connect-timeout', 'no CONNECT in time', null);
-      } else {
-        session.keepBrokerAlive(now);
-      }
-    }
+    this.index.reportTraffic();
+    const now = this.clock.now();
+    for (const record of [...this.agents.values()]) this.streams.sweep(record, now);
   }
 }

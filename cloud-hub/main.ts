@@ -103,6 +103,8 @@ export function resolveRoute(route: RouteConfig, index: number, log: Logger): Ro
   return {
     name,
     match: route.match,
-    backend: { kind: 'external', group: new ExternalBrokerGroup(name, endpoints, route.backend.healthCheckMs, log) },
+    backend: { kind: 'external', group: new ExternalBrokerGroup(name, endpoints, route.backend.healthCheckMs, log, {
+      graceMs: route.backend.reconnectGraceMs,
+    }) },
   };
 }

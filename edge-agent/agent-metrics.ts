@@ -1,4 +1,5 @@
 import { Counter, Gauge, Registry } from 'prom-client';
+import { endCounter } from '../shared/end-metrics.js';
 import { perScrape, type Readiness } from '../shared/metrics-server.js';
 import type { EdgeAgent } from './agent.js';
 
@@ -64,6 +65,8 @@ export function agentMetrics(agent: EdgeAgent): Registry {
       }
     },
   });
+  endCounter(registry, 'edgemux_agent_stream_ends_total', 'Device streams ended, by reason (docs/errors.md)', () => agent.streamEnds);
+  endCounter(registry, 'edgemux_agent_tunnel_closes_total', 'Tunnels to hubs closed, by reason (docs/errors.md)', () => agent.pool.tunnelEnds);
   return registry;
 }
 

@@ -1,4 +1,6 @@
+import type { Clock } from '../shared/clock.js';
 import { effectiveKeepalive, parseConnack, refusalConnack, withAssignedClientId } from '../shared/connack.js';
+import type { EndCode } from '../shared/end-reasons.js';
 import { isEdgemuxError } from '../shared/errors.js';
 import type { RateLimitedLog } from '../shared/log-rate-limit.js';
 import type { Logger } from '../shared/logger.js';
@@ -6,6 +8,7 @@ import { MqttFramer, PacketType, packetTypeOf, PINGRESP_BYTES } from '../shared/
 import { topicProblem } from '../shared/mqtt-utf8.js';
 import type { MuxStream, StreamSink } from '../shared/mux-stream.js';
 import type { SocketBatcher } from '../shared/socket-batcher.js';
+import type { CloseIntent } from '../shared/stream-lifecycle.js';
 import type { Tunnel } from '../shared/tunnel.js';
 import { admitConnect, type ConnectLimits, type DeviceConnect, type DeviceIdentity } from './connect-packet.js';
 import type { ConnectRate } from './connect-rate.js';
@@ -27,10 +30,12 @@ export interface DeviceHost {
   readonly deviceLog: { refused: RateLimitedLog; closed: RateLimitedLog };
   /** Agent-wide totals each device adds its packets to; read at scrape time. */
   readonly traffic: DeviceTraffic;
+  /** Keepalive, CONNECT and drain timers count on it. */
+  readonly clock: Clock;
   /** Opens a stream for the device and sends its CONNECT; null when no tunnel is up. */
   openStream(device: DeviceConnection, connect: DeviceConnect): MuxStream<DeviceConnection, Tunnel> | null;
   /** Tells the hub the stream ended; `abrupt` makes the broker publish the will. */
-  closeStream(stream: MuxStream<DeviceConnection, Tunnel>, reason: string, abrupt: boolean): void;
+  closeStream(stream: MuxStream<DeviceConnection, Tunnel>, close: CloseIntent): void;
   /** `afterConnect`: the device had been admitted, so losing it counts as a disconnect. */
   deviceClosed(device: DeviceConnection, afterConnect: boolean): void;
 }
@@ -109,7 +114,7 @@ export class DeviceConnection implements StreamSink {
   /** The socket is paused because `held` reached its limit. */
   private paused = false;
   /** The device closed while packets were held: close the stream once they are sent. */
-  private closeAfterHeld: { reason: string; abrupt: boolean } | null = null;
+  private closeAfterHeld: CloseIntent | null = null;
   private disconnectSeen = false;
 
   constructor(
@@ -118,7 +123,7 @@ export class DeviceConnection implements StreamSink {
     /** From the device's certificate, on listeners that name devices by it. */
     private readonly identity: DeviceIdentity | null = null,
   ) {
-    this.timerStart = Date.now();
+    this.timerStart = host.clock.now();
     this.framer = new MqttFramer(host.maxPacketSize);
     (socket as TaggedSocket)[DEVICE] = this;
     socket.on('data', onDeviceBytes);
@@ -129,14 +134,14 @@ export class DeviceConnection implements StreamSink {
   /** Called by the agent's sweep; closes devices past their CONNECT timeout or keepalive. */
   checkTimers(now: number, connectTimeoutMs: number): void {
     if (this.state === 'awaiting-connect' && now - this.timerStart > connectTimeoutMs) {
-      this.fail('no CONNECT within the connect timeout');
+      this.fail('connect-timeout', 'no CONNECT within the connect timeout');
     } else if (this.state === 'attached' && this.paused) {
       // The agent itself stopped reading this device (no credit): its silence is ours, not its.
       this.timerStart = now;
     } else if (this.state === 'attached' && this.keepaliveMs > 0 && now - this.timerStart > this.keepaliveMs * KEEPALIVE_GRACE) {
-      this.fail('keepalive expired');
+      this.fail('keepalive-expired', 'keepalive expired');
     } else if (this.state === 'draining' && now - this.timerStart > DRAIN_TIMEOUT_MS) {
-      this.fail('did not close after the session ended');
+      this.fail('closed', 'did not close after the session ended');
     }
   }
 
@@ -174,9 +179,9 @@ export class DeviceConnection implements StreamSink {
     if (sent > 0) this.held = sent === this.held.length ? NOTHING_HELD : this.held.slice(sent);
     if (this.held.length > 0) return;
     if (this.closeAfterHeld !== null) {
-      const { reason, abrupt } = this.closeAfterHeld;
+      const close = this.closeAfterHeld;
       this.closeAfterHeld = null;
-      this.host.closeStream(this.stream!, reason, abrupt);
+      this.host.closeStream(this.stream!, close);
       return;
     }
     if (!this.stream!.canWrite) return;
@@ -192,12 +197,12 @@ export class DeviceConnection implements StreamSink {
    * and close. `serverShuttingDown`: the hub itself is stopping, which an
    * MQTT 5 device is told with a DISCONNECT of its own.
    */
-  closeFromHub(reason: string, serverShuttingDown = false): void {
+  closeFromHub(code: EndCode, detail: string, serverShuttingDown = false): void {
     if (this.state === 'closed' || this.state === 'draining') return;
-    this.host.log.debug({ clientId: this.clientId, reason }, 'hub closed the device session');
+    this.host.log.debug({ clientId: this.clientId, reason: code, detail }, 'hub closed the device session');
     if (serverShuttingDown) this.sayServerShuttingDown();
     this.state = 'draining';
-    this.timerStart = Date.now();
+    this.timerStart = this.host.clock.now();
     this.socket.end();
   }
 
@@ -215,8 +220,8 @@ export class DeviceConnection implements StreamSink {
     });
     if (this.state === 'attached') this.sayServerShuttingDown();
     this.socket.end();
-    setTimeout(() => this.socket.destroy(), SHUTDOWN_LINGER_MS).unref();
-    this.onSocketClosed(reason);
+    this.host.clock.setTimeout(() => this.socket.destroy(), SHUTDOWN_LINGER_MS);
+    this.onSocketClosed('shutdown', reason);
     return closed;
   }
 
@@ -225,18 +230,19 @@ export class DeviceConnection implements StreamSink {
     if (this.protocolVersion === 5 && !this.awaitingConnack) this.host.batcher.write(this.socket, DISCONNECT_SERVER_SHUTTING_DOWN);
   }
 
-  /** The stream could not resume within the grace period: the device must reconnect. */
-  resumeExpired(): void {
-    this.fail('stream could not resume within the grace period');
+  /** The stream could not resume (within the grace period, or at all): the device must reconnect. */
+  resumeExpired(code: 'grace-expired' | 'resume-failed'): void {
+    this.fail(code, code === 'grace-expired' ? 'stream could not resume within the grace period' : 'stream could not resume');
   }
 
   /** @internal */
   onBytes(chunk: Buffer): void {
-    if (this.state === 'attached') this.timerStart = Date.now();
+    if (this.state === 'attached') this.timerStart = this.host.clock.now();
     try {
       this.framer.push(chunk, (packet) => this.onPacket(packet));
     } catch (err) {
-      this.fail(isEdgemuxError(err) ? `${err.code}: ${err.message}` : String(err));
+      const tooLarge = isEdgemuxError(err, 'E_MQTT_PACKET_TOO_LARGE');
+      this.fail(tooLarge ? 'packet-too-large' : 'protocol-error', isEdgemuxError(err) ? `${err.code}: ${err.message}` : String(err));
     }
   }
 
@@ -249,19 +255,19 @@ export class DeviceConnection implements StreamSink {
       }
       if (type === PacketType.CONNECT) {
         // MQTT 3.1.1 §3.1.0: a second CONNECT is a protocol violation.
-        this.fail('second CONNECT on one connection');
+        this.fail('protocol-error', 'second CONNECT on one connection');
         return;
       }
       if (type === PacketType.PUBLISH || type === PacketType.SUBSCRIBE || type === PacketType.UNSUBSCRIBE) {
         // Brokers that decode with replacement characters would merge distinct topics.
         const problem = topicProblem(packet, type, this.protocolVersion);
         if (problem !== null) {
-          this.fail(problem);
+          this.fail('protocol-error', problem);
           return;
         }
       }
       if (packet.length > this.stream!.maxPeerPayload) {
-        this.fail(`packet of ${packet.length} bytes is larger than the hub accepts (${this.stream!.maxPeerPayload})`);
+        this.fail('packet-too-large', `packet of ${packet.length} bytes is larger than the hub accepts (${this.stream!.maxPeerPayload})`);
         return;
       }
       if (type === PacketType.DISCONNECT) this.disconnectSeen = true;
@@ -286,7 +292,7 @@ export class DeviceConnection implements StreamSink {
     }
     if (this.state === 'awaiting-connect') {
       if (type !== PacketType.CONNECT) {
-        this.fail(`first packet is type ${type}, not CONNECT`);
+        this.fail('protocol-error', `first packet is type ${type}, not CONNECT`);
         return;
       }
       this.onConnect(packet);
@@ -309,7 +315,7 @@ export class DeviceConnection implements StreamSink {
         this.host.deviceLog.refused.info({ clientId: connect.clientId.slice(0, 64), remote: address, reason: 'connects per second from this address over the limit' });
       }
       this.state = 'draining';
-      this.timerStart = Date.now();
+      this.timerStart = this.host.clock.now();
       this.socket.end(refusalConnack(connect.protocolVersion, 'connection-rate-exceeded'));
       return;
     }
@@ -329,14 +335,14 @@ export class DeviceConnection implements StreamSink {
     this.awaitingConnack = true;
     this.stream = stream;
     this.state = 'attached';
-    this.timerStart = Date.now();
+    this.timerStart = this.host.clock.now();
   }
 
   /** Answers the CONNECT with a refusing CONNACK and waits for the device to close (the drain timeout cuts it off). */
   private refuse(reason: string, connack: Buffer): void {
     this.host.deviceLog.refused.info({ clientId: this.clientId?.slice(0, 64), remote: this.socket.remoteAddress, reason });
     this.state = 'draining';
-    this.timerStart = Date.now();
+    this.timerStart = this.host.clock.now();
     this.socket.end(connack);
   }
 
@@ -360,24 +366,24 @@ export class DeviceConnection implements StreamSink {
     this.stream?.consume(bytes);
   }
 
-  private fail(reason: string): void {
+  private fail(code: EndCode, detail: string): void {
     if (this.state === 'closed') return;
-    this.host.deviceLog.closed.info({ clientId: this.clientId, remote: this.socket.remoteAddress, reason });
+    this.host.deviceLog.closed.info({ clientId: this.clientId, remote: this.socket.remoteAddress, reason: code, detail });
     this.socket.destroy();
-    this.onSocketClosed(reason);
+    this.onSocketClosed(code, detail);
   }
 
   /** @internal */
-  onSocketClosed(reason = 'device closed the connection'): void {
+  onSocketClosed(code: EndCode = 'device-lost', detail = 'device closed the connection'): void {
     if (this.state === 'closed') return;
     const wasAttached = this.state === 'attached';
     this.state = 'closed';
     if (wasAttached && this.stream !== null && this.stream.state !== 'closed') {
       // Held packets (a DISCONNECT among them, perhaps) still go out when
       // credit returns; the stream closes behind them.
-      const close = { reason, abrupt: !this.disconnectSeen };
+      const close: CloseIntent = this.disconnectSeen ? { code: 'device-disconnected', reason: 'device sent DISCONNECT', abrupt: false } : { code, reason: detail, abrupt: true };
       if (this.held.length > 0) this.closeAfterHeld = close;
-      else this.host.closeStream(this.stream, close.reason, close.abrupt);
+      else this.host.closeStream(this.stream, close);
     }
     this.host.deviceClosed(this, wasAttached && !this.disconnectSeen);
   }

@@ -3,6 +3,8 @@ import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { type DialFailure, ReconnectPolicy } from '../shared/backoff.js';
+import type { Clock } from '../shared/clock.js';
+import { type EndCode, EndCounts } from '../shared/end-reasons.js';
 import { type ControlFrame, FrameType, type GoodbyeBody } from '../shared/frame-codec.js';
 import { applyHello, buildHello, checkHello, refuseHello } from '../shared/hello.js';
 import type { Logger } from '../shared/logger.js';
@@ -59,6 +61,8 @@ export interface TunnelPoolOptions {
   preferredRetryMs?: number;
   /** Jitter source for reconnect delays, in [0, 1); injected by tests. */
   random?: () => number;
+  /** Tunnel heartbeats and dead-peer checks run on it; the system clock when absent. */
+  clock?: Clock;
   log: Logger;
 }
 
@@ -75,7 +79,7 @@ export interface TunnelRefusal {
 
 export interface TunnelPoolEvents {
   up: [tunnel: Tunnel, slot: number];
-  down: [tunnel: Tunnel, slot: number, reason: string];
+  down: [tunnel: Tunnel, slot: number, reason: EndCode];
   control: [tunnel: Tunnel, frame: ControlFrame];
   'gave-up': [slot: number];
 }
@@ -128,6 +132,8 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
   private readonly closedTraffic: TunnelTraffic = emptyTraffic();
   /** Tunnels hubs refused with GOODBYE, by its code. */
   readonly refusalCounts = new Map<string, number>();
+  /** Tunnels closed, by why. */
+  readonly tunnelEnds = new EndCounts();
   /** Identifies this process to the hub, so it can tell a reconnect from a restart. */
   readonly instance = randomUUID();
   /** The transport that last carried a tunnel to each hub (host:port): dials start there. */
@@ -297,7 +303,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       if (tunnel === null) continue;
       if (slot.ready) closing.push(tunnel.goodbye('shutdown', reason));
       else {
-        tunnel.close(reason);
+        tunnel.close('shutdown', reason);
         closing.push(tunnel.socketClosed);
       }
     }
@@ -430,10 +436,11 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       heartbeatMs: this.options.heartbeatMs,
       deadAfterMs: this.options.deadAfterMs,
       highWaterBytes: TUNNEL_DEFAULTS.highWaterBytes,
+      clock: this.options.clock,
       log,
     });
     slot.tunnel = tunnel;
-    const helloTimer = setTimeout(() => tunnel.close('no HELLO from hub in time'), TUNNEL_DEFAULTS.helloTimeoutMs);
+    const helloTimer = setTimeout(() => tunnel.close('hello-timeout', 'no HELLO from hub in time'), TUNNEL_DEFAULTS.helloTimeoutMs);
     tunnel.on('goodbye', (body) => this.onGoodbye(slot, `${hub.host}:${hub.port}`, body, log));
     tunnel.send(
       buildHello({
@@ -451,7 +458,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
         clearTimeout(helloTimer);
         const check = checkHello(frame.body, 'hub');
         if (!check.accepted) {
-          log.warn({ hubId: frame.body.id, version: frame.body.version, role: frame.body.role, reason: check.reason }, 'tunnel refused: the hub HELLO does not fit');
+          log.warn({ hubId: frame.body.id, version: frame.body.version, role: frame.body.role, reason: check.code, detail: check.reason }, 'tunnel refused: the hub HELLO does not fit');
           refuseHello(tunnel, check);
           return;
         }
@@ -470,24 +477,25 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       }
       this.emit('control', tunnel, frame);
     });
-    tunnel.on('closed', (reason) => {
+    tunnel.on('closed', (reason, detail) => {
       clearTimeout(helloTimer);
       addTraffic(this.closedTraffic, tunnel.traffic);
+      this.tunnelEnds.add(reason);
       const wasReady = slot.ready;
       slot.ready = false;
       slot.tunnel = null;
-      this.lastFailure = `tunnel to ${hub.host}:${hub.port} ${wasReady ? 'down' : 'failed to come up'}: ${reason}`;
+      this.lastFailure = `tunnel to ${hub.host}:${hub.port} ${wasReady ? 'down' : 'failed to come up'}: ${detail}`;
       this.stopPreferredCheck(slot);
       if (this.stopped) {
-        log.info({ reason }, 'tunnel closed');
+        log.info({ reason, detail }, 'tunnel closed');
         if (wasReady) this.emit('down', tunnel, slot.index, reason);
         return;
       }
       if (wasReady) {
-        log.warn({ reason }, 'tunnel down');
+        log.warn({ reason, detail }, 'tunnel down');
         this.emit('down', tunnel, slot.index, reason);
       } else {
-        log.warn({ reason }, 'tunnel failed to come up');
+        log.warn({ reason, detail }, 'tunnel failed to come up');
       }
       // A tunnel that was up is redialled on the same hub and transport, where its streams can resume.
       if (wasReady) slot.failedDials = 0;
@@ -562,7 +570,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       this.options.log.info({ tunnel: slot.index, hub: `${hub.host}:${hub.port}`, from: slot.transport, to: transport }, 'preferred transport works again; moving the tunnel to it');
       this.workingTransports.set(hubKey(hub), transport);
       slot.transport = transport;
-      tunnel.close(`moving to the preferred transport ${transport}`);
+      tunnel.close('transport-preferred', `moving to the preferred transport ${transport}`);
       return;
     }
     this.schedulePreferredCheck(slot, hub);

@@ -1,6 +1,8 @@
 import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
+import { closestKey, siblingKeys } from './config-reference.js';
 import { EdgemuxError } from './errors.js';
 
 type PlainObject = Record<string, unknown>;
@@ -37,7 +39,26 @@ export function readConfigFile(path: string): PlainObject {
   }
   if (data === null || data === undefined) return {};
   if (!isPlainObject(data)) throw new EdgemuxError('E_CONFIG', `config file ${path} must hold a mapping of keys`);
-  return data;
+  return resolveFilePaths(data, dirname(resolve(path))) as PlainObject;
+}
+
+/**
+ * Keys whose values name files or directories, in either component's schema.
+ * A relative one in a configuration file means relative to that file, so a
+ * file moves with the certificates beside it and a service may start in any
+ * working directory; flags stay relative to the working directory, as a
+ * shell user expects.
+ */
+const PATH_KEYS = new Set(['ca', 'cert', 'key', 'statePath', 'devPki', 'pkiDir', 'passwordFile', 'tokenFile', 'dir']);
+
+function resolveFilePaths(node: unknown, base: string): unknown {
+  if (Array.isArray(node)) return node.map((item) => resolveFilePaths(item, base));
+  if (!isPlainObject(node)) return node;
+  const out: PlainObject = {};
+  for (const [key, value] of Object.entries(node)) {
+    out[key] = PATH_KEYS.has(key) && typeof value === 'string' && value !== '' && !isAbsolute(value) ? resolve(base, value) : resolveFilePaths(value, base);
+  }
+  return out;
 }
 
 /**
@@ -50,6 +71,7 @@ export function validateConfig<S extends z.ZodType>(schema: S, layers: PlainObje
   const result = schema.safeParse(merged);
   if (result.success) return result.data;
   const problems = result.error.issues.map((issue) => {
+    if (issue.code === 'unrecognized_keys') return unknownKeysProblem(schema, issue.path, issue.keys);
     const key = issue.path.join('.') || '(root)';
     const value = issue.path.reduce<unknown>(
       (node, part) => (typeof node === 'object' && node !== null ? (node as Record<PropertyKey, unknown>)[part as PropertyKey] : undefined),
@@ -64,6 +86,18 @@ export function validateConfig<S extends z.ZodType>(schema: S, layers: PlainObje
 /** A password in a URL (a proxy's) never reaches an error message or a log. */
 function withoutUrlPasswords(text: string): string {
   return text.replace(/([a-z][a-z0-9+.-]*:\/\/[^/:@"\s]*):[^/@"\s]*@/gi, '$1:***@');
+}
+
+/** Names each unknown key with its place and, when one is close, the key it was probably meant to be. */
+function unknownKeysProblem(schema: z.ZodType, path: readonly PropertyKey[], keys: readonly string[]): string {
+  const known = siblingKeys(schema, path);
+  return keys
+    .map((unknown) => {
+      const key = [...path, unknown].map(String).join('.');
+      const hint = closestKey(unknown, known);
+      return `  ${key}: unknown key${hint === null ? '' : `; did you mean ${JSON.stringify(hint)}?`} (known here: ${known.join(', ')})`;
+    })
+    .join('\n');
 }
 
 /** "host:port" → parts; throws E_CONFIG naming the key. */

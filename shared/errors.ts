@@ -12,6 +12,7 @@ export type EdgemuxErrorCode =
   | 'E_FRAME_BAD_TYPE'
   | 'E_FRAME_MALFORMED'
   | 'E_STREAM_PROTOCOL'
+  | 'E_STREAM_LIFECYCLE'
   | 'E_TUNNEL_PROTOCOL'
   | 'E_TUNNEL_AUTH'
   | 'E_ENROLL_BAD_REQUEST'
@@ -36,4 +37,13 @@ export class EdgemuxError extends Error {
 
 export function isEdgemuxError(err: unknown, code?: EdgemuxErrorCode): err is EdgemuxError {
   return err instanceof EdgemuxError && (code === undefined || err.code === code);
+}
+
+/**
+ * Errors a peer's bytes cause: a malformed frame, MQTT packet or stream
+ * offset. They close the connection they came on; any other error is a bug
+ * and is not passed off as bad input.
+ */
+export function isBadInput(err: unknown): err is EdgemuxError {
+  return isEdgemuxError(err) && /^E_(MQTT|FRAME)_|^E_STREAM_PROTOCOL$|^E_TUNNEL_PROTOCOL$/.test(err.code);
 }

@@ -83,6 +83,13 @@ export interface ResumeBody {
 }
 
 export interface CloseBody {
+  /**
+   * Why the stream ended, one of the end codes of docs/errors.md. Optional
+   * on the wire: peers from before codes send none, and a receiver takes a
+   * code it does not know as `unspecified`.
+   */
+  code?: string;
+  /** Human-readable detail, for logs only. */
   reason: string;
   /** True when the stream ends without an MQTT DISCONNECT: the broker publishes the will. */
   abrupt: boolean;
@@ -239,6 +246,9 @@ export function decodeControlBody(type: number, streamId: number, payload: Buffe
   }
   if (type === FrameType.HELLO && body.capabilities !== undefined && !isStringList(body.capabilities)) {
     throw new EdgemuxError('E_FRAME_MALFORMED', `HELLO: capabilities must be an array of strings`);
+  }
+  if (type === FrameType.CLOSE && body.code !== undefined && !fieldMatches(body.code, 'string')) {
+    throw new EdgemuxError('E_FRAME_MALFORMED', `CLOSE: code must be a string`);
   }
   return { type, streamId, body } as unknown as ControlFrame;
 }

@@ -104,7 +104,7 @@ export function refuseHello(tunnel: Tunnel, refusal: Extract<HelloCheck, { accep
   if (refusal.code === 'unsupported-version' && refusal.peerTakesGoodbye) {
     void tunnel.goodbye('unsupported-version', refusal.reason);
   } else {
-    tunnel.close(`protocol violation: ${refusal.reason}`);
+    tunnel.close('protocol-error', `protocol violation: ${refusal.reason}`);
   }
 }
 

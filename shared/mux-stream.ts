@@ -181,6 +181,11 @@ export class MuxStream<S extends StreamSink = StreamSink, C extends StreamCarrie
     this.ackScheduled = false;
   }
 
+  /** True when the peer's `received` (from RESUME or ACCEPT) is an offset the replay can start from. */
+  canResumeFrom(peerReceived: number): boolean {
+    return peerReceived >= this.peerConsumed && this.replay.canReplayFrom(peerReceived);
+  }
+
   /**
    * Continues the stream on `carrier`. `peerReceived` is how much of this
    * stream the peer holds; everything after it is resent, nothing before it.

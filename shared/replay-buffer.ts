@@ -48,6 +48,14 @@ export class ReplayBuffer {
     }
   }
 
+  /** True when a replay may start at `offset`: held, and the end of a payload (docs/protocol.md 11.8). */
+  canReplayFrom(offset: number): boolean {
+    if (offset < this.baseOffset || offset > this.endOffset) return false;
+    let at = this.baseOffset;
+    for (let i = this.head; i < this.entries.length && at < offset; i++) at += this.entries[i].length;
+    return at === offset;
+  }
+
   /** Calls `send` for each payload from `offset` on, in order, letting it swap in the copy it keeps. */
   replayFrom(offset: number, send: (payload: Buffer) => Buffer): void {
     if (offset < this.baseOffset || offset > this.endOffset) {

@@ -1,6 +1,8 @@
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
-import { isEdgemuxError } from './errors.js';
+import { type Clock, systemClock, type Timer } from './clock.js';
+import type { EndCode } from './end-reasons.js';
+import { isBadInput } from './errors.js';
 import {
   ACK_PAYLOAD_SIZE,
   type ControlFrame,
@@ -35,6 +37,8 @@ export interface TunnelOptions {
   highWaterBytes: number;
   /** How long a closing tunnel waits for the peer to take its last frames; TUNNEL_DEFAULTS.closeLingerMs when absent. */
   closeLingerMs?: number;
+  /** Heartbeat, dead-peer check and quiet ACKs run on it; the system clock when absent. */
+  clock?: Clock;
   log: Logger;
 }
 
@@ -62,16 +66,21 @@ export interface TunnelEvents {
   control: [frame: ControlFrame];
   /** The peer said GOODBYE; 'closed' follows at once. */
   goodbye: [body: GoodbyeBody];
-  closed: [reason: string];
+  closed: [code: EndCode, detail: string];
 }
+
+/** Finds the stream attached to this tunnel with an id, for its DATA and ACK. */
+export type StreamLookup = (streamId: number) => MuxStream | undefined;
+
+const NO_STREAMS: StreamLookup = () => undefined;
 
 /**
  * One multiplexed connection: frame decoding, gathered writes, heartbeat and
- * dispatch of DATA/ACK to the streams riding on it. Stream lifecycle (OPEN,
- * CLOSE, RESUME) is left to the owner through 'control' events.
+ * dispatch of DATA/ACK to the streams riding on it. Which streams those are
+ * is the owner's stream table's to say (`routeStreams`); stream lifecycle
+ * (OPEN, CLOSE, RESUME) is left to the owner through 'control' events.
  */
 export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier {
-  readonly streams = new Map<number, MuxStream>();
   readonly traffic: TunnelTraffic = emptyTraffic();
   /** Largest frame payload the peer accepts, from its HELLO; until then our own. */
   peerMaxFramePayload: number;
@@ -79,6 +88,9 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   peerId = '';
   /** Features both sides listed in HELLO (shared/hello.ts); none until the exchange is done. */
   capabilities: ReadonlySet<string> = new Set();
+  /** Why the tunnel closed, once it has. */
+  closedCode: EndCode | null = null;
+  /** The same in words, for logs. */
   closedReason: string | null = null;
   /** The peer's GOODBYE, once it said one: the tunnel closed because the peer is going away, not because the network failed. */
   peerGoodbye: GoodbyeBody | null = null;
@@ -88,10 +100,12 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   private readonly decoder: FrameDecoder;
   private readonly drainWaiters = new Set<MuxStream>();
   private readonly pendingAcks = new Set<MuxStream>();
-  private ackTimer: NodeJS.Timeout | null = null;
-  private lastReceivedAt = Date.now();
-  private readonly heartbeat: NodeJS.Timeout;
+  private ackTimer: Timer | null = null;
+  private readonly clock: Clock;
+  private lastReceivedAt: number;
+  private readonly heartbeat: Timer;
   private readonly handler: FrameHandler;
+  private lookup: StreamLookup = NO_STREAMS;
 
   constructor(
     readonly socket: Duplex,
@@ -100,18 +114,20 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     super();
     this.socketClosed = new Promise((resolve) => socket.once('close', () => resolve()));
     this.peerMaxFramePayload = options.maxFramePayload;
+    this.clock = options.clock ?? systemClock;
+    this.lastReceivedAt = this.clock.now();
     this.writer = new FrameWriter(socket);
     this.decoder = new FrameDecoder(options.maxFramePayload);
     this.handler = {
       data: (streamId, payload) => {
         if (this.closedReason !== null) return;
         this.traffic.dataFramesIn++;
-        this.streams.get(streamId)?.onData(payload);
+        this.lookup(streamId)?.onData(payload);
       },
       ack: (streamId, consumed) => {
         if (this.closedReason !== null) return;
         this.traffic.ackFramesIn++;
-        this.streams.get(streamId)?.onAck(consumed);
+        this.lookup(streamId)?.onAck(consumed);
       },
       control: (frame) => {
         if (this.closedReason !== null) return;
@@ -121,11 +137,15 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     };
     socket.on('data', (chunk: Buffer) => this.onBytes(chunk));
     socket.on('drain', () => this.onDrain());
-    socket.on('error', (err) => this.close(`socket error: ${err.message}`));
-    socket.on('close', () => this.close('socket closed'));
-    socket.on('end', () => this.close('peer ended the connection'));
-    this.heartbeat = setInterval(() => this.beat(), options.heartbeatMs);
-    this.heartbeat.unref();
+    socket.on('error', (err) => this.close('transport-error', `socket error: ${err.message}`));
+    socket.on('close', () => this.close('peer-closed', 'socket closed'));
+    socket.on('end', () => this.close('peer-closed', 'peer ended the connection'));
+    this.heartbeat = this.clock.setInterval(() => this.beat(), options.heartbeatMs);
+  }
+
+  /** DATA and ACK go to the streams `lookup` finds; until then they are ignored, as for streams not held. */
+  routeStreams(lookup: StreamLookup): void {
+    this.lookup = lookup;
   }
 
   get congested(): boolean {
@@ -166,7 +186,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   scheduleAck(stream: MuxStream): void {
     this.pendingAcks.add(stream);
     if (this.ackTimer === null && this.closedReason === null) {
-      this.ackTimer = setTimeout(() => this.flushAcks(), QUIET_ACK_DELAY_MS);
+      this.ackTimer = this.clock.setTimeout(() => this.flushAcks(), QUIET_ACK_DELAY_MS);
     }
   }
 
@@ -185,20 +205,21 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   goodbye(code: GoodbyeCode, reason: string, extra: Pick<GoodbyeBody, 'problem'> = {}): Promise<void> {
     const body: GoodbyeBody = extra.problem !== undefined ? { code, reason, problem: extra.problem } : { code, reason };
     this.send({ type: FrameType.GOODBYE, streamId: 0, body });
-    this.close(`said goodbye (${code}): ${reason}`);
+    this.close(code, `said goodbye (${code}): ${reason}`);
     return this.socketClosed;
   }
 
-  close(reason: string): void {
+  close(code: EndCode, detail: string = code): void {
     if (this.closedReason !== null) return;
-    this.closedReason = reason;
-    clearInterval(this.heartbeat);
-    if (this.ackTimer !== null) clearTimeout(this.ackTimer);
+    this.closedCode = code;
+    this.closedReason = detail;
+    this.heartbeat.cancel();
+    this.ackTimer?.cancel();
     this.pendingAcks.clear();
     this.writer.flush();
     this.endSocket();
     this.drainWaiters.clear();
-    this.emit('closed', reason);
+    this.emit('closed', code, detail);
   }
 
   /**
@@ -208,9 +229,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
    */
   private endSocket(): void {
     if (this.socket.destroyed) return;
-    const linger = setTimeout(() => this.socket.destroy(), this.options.closeLingerMs ?? TUNNEL_DEFAULTS.closeLingerMs);
-    linger.unref();
-    this.socket.once('close', () => clearTimeout(linger));
+    const linger = this.clock.setTimeout(() => this.socket.destroy(), this.options.closeLingerMs ?? TUNNEL_DEFAULTS.closeLingerMs);
+    this.socket.once('close', () => linger.cancel());
     // Whatever the peer still sends is read and dropped, so its close reaches us as a FIN, not stuck behind unread bytes.
     this.socket.resume();
     this.socket.end();
@@ -219,14 +239,15 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   private onBytes(chunk: Buffer): void {
     // A closing tunnel still reads until the peer closes, but acts on nothing.
     if (this.closedReason !== null) return;
-    this.lastReceivedAt = Date.now();
+    this.lastReceivedAt = this.clock.now();
     this.traffic.bytesIn += chunk.length;
     try {
       this.decoder.push(chunk, this.handler);
     } catch (err) {
-      const reason = isEdgemuxError(err) ? `${err.code}: ${err.message}` : String(err);
-      this.options.log.warn({ reason }, 'closing tunnel on bad input');
-      this.close(reason);
+      if (!isBadInput(err)) throw err;
+      const detail = `${err.code}: ${err.message}`;
+      this.options.log.warn({ reason: 'protocol-error', detail }, 'closing tunnel on bad input');
+      this.close('protocol-error', detail);
     }
   }
 
@@ -239,7 +260,10 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
     if (frame.type === FrameType.GOODBYE) {
       this.peerGoodbye = frame.body;
       this.emit('goodbye', frame.body);
-      this.close(`peer said goodbye (${frame.body.code}): ${frame.body.reason}`);
+      // A peer refusing the tunnel says why; any other GOODBYE is the peer going away.
+      const said = frame.body.code;
+      const code: EndCode = said === 'identity-in-use' ? 'identity-in-use' : said === 'unsupported-version' ? 'unsupported-version' : 'peer-departed';
+      this.close(code, `peer said goodbye (${frame.body.code}): ${frame.body.reason}`);
       return;
     }
     this.emit('control', frame);
@@ -259,11 +283,12 @@ export class Tunnel extends EventEmitter<TunnelEvents> implements StreamCarrier 
   }
 
   private beat(): void {
-    if (Date.now() - this.lastReceivedAt > this.options.deadAfterMs) {
-      this.options.log.warn({ silentMs: Date.now() - this.lastReceivedAt }, 'peer silent past the dead-peer limit');
-      this.close('heartbeat timeout');
+    const now = this.clock.now();
+    if (now - this.lastReceivedAt > this.options.deadAfterMs) {
+      this.options.log.warn({ silentMs: now - this.lastReceivedAt }, 'peer silent past the dead-peer limit');
+      this.close('heartbeat-timeout', 'heartbeat timeout');
       return;
     }
-    this.send({ type: FrameType.PING, streamId: 0, body: { sentAt: Date.now() } });
+    this.send({ type: FrameType.PING, streamId: 0, body: { sentAt: now } });
   }
 }

@@ -283,7 +283,7 @@ describe.each(transports)('hub conformance over $name', (transport) => {
       await openDevice(agent, 1, 'conformance-vanished');
       agent.send({ type: FrameType.CLOSE, streamId: 1, body: { reason: 'device connection reset', abrupt: true } });
       const answer = await agent.next((frame) => frame.streamId === 1 && frame.type === FrameType.CLOSE);
-      expect(bodyOf(answer, FrameType.CLOSE)).toEqual({ reason: 'closed', abrupt: false });
+      expect(bodyOf(answer, FrameType.CLOSE)).toEqual({ code: 'closed', reason: 'closed', abrupt: false });
       // Forgotten: the agent's CLOSE sent again finds no stream.
       agent.send({ type: FrameType.CLOSE, streamId: 1, body: { reason: 'device connection reset', abrupt: true } });
       await agent.next((frame) => frame.streamId === 1 && frame.type === FrameType.CLOSE && frame.body.reason === 'unknown stream');
@@ -309,7 +309,7 @@ describe.each(transports)('hub conformance over $name', (transport) => {
       const agent = await ready();
       agent.send({ type: FrameType.CLOSE, streamId: 99, body: { reason: 'stale', abrupt: false } });
       const unknown = await agent.next((frame) => frame.streamId === 99 && frame.type === FrameType.CLOSE);
-      expect(bodyOf(unknown, FrameType.CLOSE)).toEqual({ reason: 'unknown stream', abrupt: false });
+      expect(bodyOf(unknown, FrameType.CLOSE)).toEqual({ code: 'unknown-stream', reason: 'unknown stream', abrupt: false });
       expect(agent.isOpen).toBe(true);
     });
   });
@@ -360,7 +360,7 @@ describe.each(transports)('hub conformance over $name', (transport) => {
       const agent = await ready();
       agent.send({ type: FrameType.RESUME, streamId: 5, body: { clientId: 'never-opened', window: STREAM_WINDOW, received: 0, attempt: 1 } });
       const answer = await agent.next((frame) => frame.streamId === 5);
-      expect(bodyOf(answer, FrameType.CLOSE)).toEqual({ reason: 'unknown stream', abrupt: false });
+      expect(bodyOf(answer, FrameType.CLOSE)).toEqual({ code: 'unknown-stream', reason: 'unknown stream', abrupt: false });
     });
   });
 });

@@ -37,8 +37,8 @@ describe('device connect and disconnect logs', () => {
     expect(connected.map((line) => line.clientId).sort()).toEqual(['polite', 'rude']);
     expect(connected[0]).toMatchObject({ level: 30, agentId: 'agent-1', route: 'embedded', backend: 'embedded' });
     const disconnected = Object.fromEntries(lines.filter((line) => line.msg === 'device disconnected').map((line) => [line.clientId, line]));
-    expect(disconnected.polite).toMatchObject({ level: 30, agentId: 'agent-1', reason: 'device sent DISCONNECT' });
-    expect(disconnected.rude).toMatchObject({ level: 30, agentId: 'agent-1', reason: 'device closed the connection' });
+    expect(disconnected.polite).toMatchObject({ level: 30, agentId: 'agent-1', reason: 'device-disconnected', detail: 'device sent DISCONNECT' });
+    expect(disconnected.rude).toMatchObject({ level: 30, agentId: 'agent-1', reason: 'device-lost', detail: 'device closed the connection' });
   });
 
   it('a connect storm writes a burst of lines and then one summary line, not a line per device', async () => {

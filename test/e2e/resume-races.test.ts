@@ -6,6 +6,7 @@ import { type AgentOptions, EdgeAgent } from '../../edge-agent/agent.js';
 import type { Tunnel } from '../../shared/tunnel.js';
 import { agentOptions, connectClient, eventually, hubOptions, removePki, testPki } from '../support/chain.js';
 import { HoldRelay } from '../support/hold-relay.js';
+import { ManualClock } from '../support/manual-clock.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -50,28 +51,34 @@ describe('resume races', () => {
 
   function carrierAndOther(agent: EdgeAgent): { carrier: Tunnel; other: Tunnel } {
     const tunnels = agent.pool.liveTunnels();
-    const carrier = tunnels.find((tunnel) => tunnel.streams.size > 0)!;
+    const carrier = tunnels.find((tunnel) => agent.streamsOn(tunnel) > 0)!;
     return { carrier, other: tunnels.find((tunnel) => tunnel !== carrier)! };
   }
 
   const portOf = (tunnel: Tunnel): number | undefined => (tunnel.socket as Socket).localPort;
 
   it('ends the hub session (and publishes the will) when the agent gives up while its RESUME is still on the way', async () => {
-    const { hub, relay, agent, seen } = await setup({ resumeGraceMs: 3000 }, { resumeGraceMs: 1000 });
+    const agentClock = new ManualClock(Date.now());
+    const { hub, relay, agent, seen } = await setup({ resumeGraceMs: 3000 }, { resumeGraceMs: 1000, clock: agentClock });
     const { closed } = await device(agent, 'zombie-1');
     await sleep(200);
     const { carrier, other } = carrierAndOther(agent);
     const slow = relay.byAgentPort(portOf(other));
     slow.holdDown = true;
     relay.byAgentPort(portOf(carrier)).agent.destroy();
-    await eventually(closed, 4000, 'the agent to give up on the device');
+    await eventually(() => agent.streamsOn(other) === 1, 4000, 'the RESUME to go out on the slow tunnel');
+    agentClock.advance(1000);
+    expect(closed()).toBe(false);
+    agentClock.advance(1000);
+    await eventually(closed, 2000, 'the agent to give up on the device');
     relay.release(slow);
     await eventually(() => seen.includes('wills/zombie-1:gone'), 5000, 'the will');
     await eventually(() => ![...hub.sessions].some((session) => session.clientId === 'zombie-1'), 3000, 'no session left');
   });
 
   it('ignores a stale RESUME that arrives after a newer one over a tunnel the agent abandoned', async () => {
-    const { relay, agent, seen } = await setup({ resumeGraceMs: 3000 }, { resumeGraceMs: 60_000 });
+    const hubClock = new ManualClock(Date.now());
+    const { hub, relay, agent, seen } = await setup({ resumeGraceMs: 3000, clock: hubClock }, { resumeGraceMs: 60_000 });
     const { client, closed } = await device(agent, 'stranded-1');
     await client.publishAsync('t/before', 'before', { qos: 1 });
     const { carrier, other } = carrierAndOther(agent);
@@ -79,13 +86,15 @@ describe('resume races', () => {
     stalled.holdUp = true;
     relay.byAgentPort(portOf(carrier)).agent.destroy();
     await sleep(500);
-    other.close('no bytes from the hub for too long');
+    other.close('heartbeat-timeout', 'no bytes from the hub for too long');
     await eventually(() => agent.stats().detached === 0 && agent.stats().tunnelsUp === 2, 5000, 'the stream to resume');
     relay.release(stalled);
     await sleep(300);
     await client.publishAsync('t/after', 'after', { qos: 1 });
-    await sleep(3500);
-    expect(seen).toContain('t/after:after');
+    // Past the hub's grace period: a session the stale RESUME had moved off its tunnel would end now.
+    hubClock.advance(3500);
+    expect([...hub.sessions].find((session) => session.clientId === 'stranded-1')?.state).toBe('attached');
+    await eventually(() => seen.includes('t/after:after'), 2000, 'the message sent after the resume');
     expect(seen).not.toContain('wills/stranded-1:gone');
     expect(closed()).toBe(false);
   });

@@ -15,7 +15,7 @@ function routes(...configs: Partial<RouteConfig>[]): Route[] {
   );
 }
 
-function toBroker(...urls: string[]): RouteConfig['backend'] {
+function toBroker(...urls: string[]): Exclude<RouteConfig['backend'], 'embedded'> {
   return { brokers: urls.map((url) => ({ url, rejectUnauthorized: true })), healthCheckMs: 500 };
 }
 
@@ -185,10 +185,10 @@ describeWithMosquitto('Mosquitto restarts and several brokers', () => {
   });
   afterAll(removePki);
 
-  it('keeps persistent sessions across a Mosquitto restart without losing QoS 1 messages', async () => {
+  it('with reconnectGraceMs 0, ends devices with the broker connection; their persistent sessions carry them across a Mosquitto restart', async () => {
     const mosquitto = await Mosquitto.start({ persistence: true });
     cleanups.push(() => mosquitto.remove());
-    const chain = await startChain({ hub: { routes: routes({ backend: toBroker(mosquitto.url) }) } });
+    const chain = await startChain({ hub: { routes: routes({ backend: { ...toBroker(mosquitto.url), reconnectGraceMs: 0 } }) } });
     cleanups.push(() => chain.close());
 
     const received: number[] = [];

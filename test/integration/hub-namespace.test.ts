@@ -157,7 +157,8 @@ describe('an agent speaks only for its own namespace, judged on the CONNECT the 
     ]);
     expect(logs.find((line) => line.msg === 'device disconnected' && line.streamId === 5)).toMatchObject({
       clientId: 'dev-b-5',
-      reason: 'protocol violation: CONNECT after the first packet of the stream',
+      reason: 'protocol-error',
+      detail: 'protocol violation: CONNECT after the first packet of the stream',
     });
   });
 
