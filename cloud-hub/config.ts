@@ -142,6 +142,13 @@ export const hubConfigSchema = z.strictObject({
       maxTopicLevels: z.number().int().min(1).max(100).default(DEFAULT_SUBSCRIPTION_LIMITS.maxTopicLevels),
     })
     .prefault({}),
+  /** Topic access on the embedded broker, for devices and applications alike; without a file every topic is allowed. */
+  acl: z
+    .strictObject({
+      /** Mosquitto's acl_file format (user, topic, pattern lines); read at start-up and on reload. */
+      file: z.string().min(1).optional(),
+    })
+    .prefault({}),
   /** Per session of the embedded broker that is away: past either bound, new messages for it are dropped. */
   offlineQueue: z
     .strictObject({

@@ -5,7 +5,9 @@ import { type Logger, quietLogger } from '../shared/logger.js';
 import { PacketSizeGauge } from '../shared/mqtt-framing.js';
 import { SocketBatcher } from '../shared/socket-batcher.js';
 import { TUNNEL_DEFAULTS } from '../shared/tunnel-defaults.js';
+import type { AclFile } from './acl-file.js';
 import { AppAccess, AppRefusalCode, anonymousAccess } from './app-access.js';
+import { BrokerAcl } from './broker-acl.js';
 import type { SqlitePersistence } from './sqlite-persistence.js';
 import { DEFAULT_SUBSCRIPTION_LIMITS, type SubscriptionLimitOptions, SubscriptionLimits } from './subscription-limits.js';
 
@@ -15,6 +17,8 @@ export interface EmbeddedBroker {
   appServer: net.Server;
   persistence: SqlitePersistence | undefined;
   subscriptionLimits: SubscriptionLimits;
+  /** Topic access from the ACL file; allows everything without one. */
+  acl: BrokerAcl;
   /** Connections the broker ended for a packet it refuses (a wildcard in a PUBLISH topic, QoS 3, an empty SUBSCRIBE...). */
   readonly stats: { clientErrors: number };
   close(): Promise<void>;
@@ -34,6 +38,8 @@ export async function startEmbeddedBroker(options: {
   maxClientIdLength?: number;
   /** Per client of the broker, devices and applications alike. */
   subscriptionLimits?: SubscriptionLimitOptions;
+  /** Who may publish and subscribe to what (Mosquitto's acl_file format); everything when absent. */
+  acl?: AclFile | null;
   /** Durable sessions, retained messages and offline queues; in memory when absent. */
   persistence?: SqlitePersistence;
   log?: Logger;
@@ -47,6 +53,7 @@ export async function startEmbeddedBroker(options: {
   // them: server.close() would wait for the longest-connected application.
   const appSockets = new Set<net.Socket>();
   const subscriptionLimits = new SubscriptionLimits(options.subscriptionLimits ?? DEFAULT_SUBSCRIPTION_LIMITS, log);
+  const acl = new BrokerAcl(options.acl ?? null, log);
   const broker = await Aedes.createBroker({
     maxClientsIdLength: options.maxClientIdLength ?? 256,
     // aedes' default of 100 messages in flight queues the rest in mqemitter,
@@ -57,6 +64,7 @@ export async function startEmbeddedBroker(options: {
     // the number of sessions.
     concurrency: 0,
     authenticate: (client, username, password, done) => {
+      acl.remember(client, username);
       if (!appSockets.has(client.conn as net.Socket)) {
         done(null, true);
         return;
@@ -70,12 +78,16 @@ export async function startEmbeddedBroker(options: {
         (err: unknown) => refuse(AppRefusalCode.SERVER_UNAVAILABLE, `cannot check the client: ${(err as Error).message}`),
       );
     },
-    authorizeSubscribe: (client, sub, done) => subscriptionLimits.authorize(client, sub, done),
+    // Both must grant a filter. The ACL goes first so that a filter it refuses
+    // does not count against the client's subscription limit.
+    authorizeSubscribe: (client, sub, done) => acl.authorizeSubscribe(client, sub, done, () => subscriptionLimits.authorize(client, sub, done)),
+    authorizeForward: (client, packet) => acl.authorizeForward(client, packet),
     ...(options.persistence !== undefined ? { persistence: options.persistence } : {}),
   });
   broker.on('unsubscribe', (topics, client) => subscriptionLimits.forget(client, topics));
   const stats = { clientErrors: 0 };
   logClientErrors(broker, stats, log);
+  acl.enforceOnPublish(broker);
   keepClientIdsOutOfSys(broker);
   // aedes writes every delivery with its own writev: a cloud application
   // subscribed to a fleet would cost the hub one syscall per message.
@@ -99,6 +111,7 @@ export async function startEmbeddedBroker(options: {
     appServer,
     persistence: options.persistence,
     subscriptionLimits,
+    acl,
     stats,
     close: async () => {
       const listenerClosed = new Promise<void>((resolve) => appServer.close(() => resolve()));

@@ -59,6 +59,19 @@ export function hubMetrics(hub: CloudHub): Registry {
     'Topic filters refused with SUBACK 0x80: too many for the client, too long or too deep (subscriptions)',
     () => stats().subscriptionsRefused,
   );
+  const aclSeen = new Map<string, number>();
+  new Counter({
+    name: 'edgemux_hub_acl_denied_total',
+    help: 'Refused by the ACL file (acl.file): PUBLISHes dropped (publish), filters answered with SUBACK 0x80 (subscribe), messages not delivered to a client that may not read them (deliver)',
+    labelNames: ['action'],
+    registers: [registry],
+    collect() {
+      for (const [action, now] of Object.entries(stats().aclDenied)) {
+        this.inc({ action }, Math.max(0, now - (aclSeen.get(action) ?? 0)));
+        aclSeen.set(action, now);
+      }
+    },
+  });
   total('edgemux_hub_broker_client_errors_total', 'Clients the embedded broker closed for a packet it refuses (logged, rate-limited)', () => stats().brokerClientErrors);
   total('edgemux_hub_agent_device_limit_refused_total', 'Devices refused because their agent held maxDevicesPerAgent', () => stats().agentDeviceLimitRefused);
   gauge('edgemux_hub_tunnel_unauthenticated', 'Tunnel connections that have not been accepted with HELLO', () => stats().unauthenticated);

@@ -15,7 +15,9 @@ import { type AgentRecord, AgentRecords } from './agent-records.js';
 import { ENROLL_ALPN } from '../shared/enrollment-wire.js';
 import type { CertificateAndKey } from '../shared/pki.js';
 import { ALPN_HTTP, ALPN_TUNNEL, DEFAULT_WS_PATH } from '../shared/transports/tunnel-port.js';
+import type { AclFile } from './acl-file.js';
 import { AgentGate } from './agent-gate.js';
+import type { AclAction } from './broker-acl.js';
 import { AppAccess, anonymousAccess, isLoopbackHost } from './app-access.js';
 import { HUB_DEFAULTS } from './config.js';
 import { type DeviceSession, DISCONNECT_REASON } from './device-session.js';
@@ -69,6 +71,8 @@ export interface HubOptions {
   registryExpireAfterMs?: number;
   /** Topic filters per client of the embedded broker, their length and depth; DEFAULT_SUBSCRIPTION_LIMITS when absent. */
   subscriptionLimits?: SubscriptionLimitOptions;
+  /** Topic access on the embedded broker for devices and applications (acl.file); everything is allowed without it. */
+  acl?: AclFile | null;
   /** Per session of the embedded broker that is not connected: messages and bytes it may have queued. */
   offlineQueue?: OfflineQueueLimits;
   /** Which broker each device goes to; without routes every device uses the embedded broker. */
@@ -146,6 +150,8 @@ export interface HubStats {
   offlineQueued: number;
   /** Topic filters refused with SUBACK 0x80 for a subscription limit. */
   subscriptionsRefused: number;
+  /** PUBLISHes dropped, filters refused and deliveries withheld by the ACL file. */
+  aclDenied: Readonly<Record<AclAction, number>>;
   /** Clients the embedded broker closed for a packet it refuses. */
   brokerClientErrors: number;
   /** Devices refused because their agent held maxDevicesPerAgent. */
@@ -398,6 +404,7 @@ export class CloudHub {
       appMaxPacketSize: options.appMaxPacketSize ?? options.maxPacketSize,
       maxClientIdLength: options.maxClientIdLength ?? HUB_DEFAULTS.maxClientIdLength,
       subscriptionLimits: options.subscriptionLimits,
+      acl: options.acl ?? null,
       persistence,
       log: options.log,
     });
@@ -465,6 +472,7 @@ export class CloudHub {
       offlineDropped: this.embedded.persistence?.stats.offlineDropped ?? 0,
       offlineQueued: this.embedded.persistence?.stats.queuedMessages ?? 0,
       subscriptionsRefused: this.embedded.subscriptionLimits.refused,
+      aclDenied: { ...this.embedded.acl.denied },
       brokerClientErrors: this.embedded.stats.clientErrors,
       agentDeviceLimitRefused: this.admission.agentDeviceLimitRefused,
       refusedTunnels: this.refusedTunnels,
@@ -591,6 +599,12 @@ export class CloudHub {
   }
 
   /** Namespace rules for devices that connect from now on; connected devices were checked on their CONNECT and stay. */
+  /** A reloaded ACL file (or none): applies to the next packet of every client of the embedded broker. */
+  replaceAcl(acl: AclFile | null): void {
+    this.embedded.acl.replace(acl);
+    this.options.log.info({ rules: acl?.ruleCount ?? null }, acl === null ? 'acl: none, every topic allowed' : 'acl file in effect');
+  }
+
   replaceNamespaces(rules: NamespaceRule[]): void {
     this.admission.replaceNamespaces(rules);
     this.logNamespacePolicy();

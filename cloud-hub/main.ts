@@ -5,6 +5,7 @@ import { createLogger } from '../shared/logger.js';
 import { ensureDevPki } from '../shared/pki.js';
 import type { Logger } from '../shared/logger.js';
 import type { HubConfig, RouteConfig } from './config.js';
+import { AclFile } from './acl-file.js';
 import { type ExternalBrokerEndpoint, ExternalBrokerGroup } from './external-broker.js';
 import { CloudHub, type HubOptions } from './hub.js';
 import { PasswordFile } from './password-file.js';
@@ -40,12 +41,18 @@ export async function startHub(config: HubConfig, log: Logger = createLogger('cl
     maxClientIdLength: config.maxClientIdLength,
     maxDevicesPerAgent: config.maxDevicesPerAgent,
     subscriptionLimits: config.subscriptions,
+    acl: readAcl(config),
     registryExpireAfterMs: config.registry.expireAfterDays * 24 * 3600 * 1000,
     namespaces: config.namespaces,
     statePath: config.statePath,
     routes: config.routes.map((route, index) => resolveRoute(route, index, log)),
     log,
   });
+}
+
+/** The ACL file `acl.file` names, checked line by line; null (everything allowed) without one. */
+export function readAcl(config: HubConfig): AclFile | null {
+  return config.acl.file === undefined ? null : AclFile.read(config.acl.file, 'acl.file');
 }
 
 /** The hub's certificate, key and agent CA, read from the files `tls` names, the PKI directory or the development PKI. */

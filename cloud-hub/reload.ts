@@ -5,14 +5,14 @@ import type { Logger } from '../shared/logger.js';
 import { checkTlsMaterial, diffSettings, logReload, type SettingsDiff } from '../shared/reload.js';
 import type { HubConfig, RouteConfig } from './config.js';
 import type { CloudHub, HubOptions } from './hub.js';
-import { hubTlsMaterial, resolveRoute } from './main.js';
+import { hubTlsMaterial, readAcl, resolveRoute } from './main.js';
 
 /**
  * Settings a running hub takes over on reload. The others (listeners, hub id,
  * state file, tunnel and queue tuning, metrics) are bound to sockets, files
  * or sessions already open and need a restart.
  */
-export const HUB_RELOADABLE = ['routes', 'namespaces', 'logLevel', 'tls', 'devPki'] as const;
+export const HUB_RELOADABLE = ['routes', 'namespaces', 'logLevel', 'tls', 'devPki', 'acl'] as const;
 
 /** The configuration in effect, with what was read from the files it names. */
 export interface RunningHub {
@@ -40,15 +40,19 @@ export async function reloadHub(hub: CloudHub, running: RunningHub, next: HubCon
   if (tlsChanged) checkTlsMaterial(tls, next.tls !== undefined ? 'tls' : next.pkiDir !== undefined ? 'pkiDir' : 'devPki');
   const digest = routesDigest(next.routes);
   const routes = digest === running.routesDigest ? null : next.routes.map((route, index) => resolveRoute(route, index, log));
+  // Read on every reload, changed path or not: editing the file in place is the usual way to change it.
+  const acl = readAcl(next);
 
   if (tlsChanged) hub.replaceTls(tls);
   if (routes !== null) hub.replaceRoutes(routes);
   if (!isDeepStrictEqual(next.namespaces, running.config.namespaces)) hub.replaceNamespaces(next.namespaces);
+  if (acl !== null || running.config.acl.file !== undefined) hub.replaceAcl(acl);
   log.level = next.logLevel;
 
   const changed = new Set(diff.changed);
   if (tlsChanged) changed.add('tls');
   if (routes !== null) changed.add('routes');
+  if (acl !== null) changed.add('acl');
   const applied = { changed: [...changed], needsRestart: diff.needsRestart };
   logReload(log, applied);
   const config: HubConfig = { ...running.config };
