@@ -43,7 +43,8 @@ Usage: cloud-hub [options]
   -h, --help
 
 SIGHUP reloads the config file (flags still override it): routes, namespaces,
-log level and TLS material take effect for new sessions and tunnels.`;
+log level and TLS material take effect for new sessions and tunnels; the ACL
+file (acl.file) is read again and applies to the next packet of every client.`;
 
 if (process.argv[2] === 'pki') {
   runCli(() => runPkiCommand(process.argv.slice(3), (text) => process.stdout.write(`${text}\n`)));
