@@ -385,7 +385,7 @@ describe('fuzz: hostile input closes only its sender', () => {
     await eventually(() => chain.agent.stats().devices === 1, 5000, 'the agent to hold only the canary');
     await eventually(() => {
       const stats = chain.hub.stats();
-      return stats.sessions === 1 && stats.queuedBytes === 0 && stats.replayBytes === 0 && stats.brokerHeldBytes === 0;
+      return stats.sessions === 1 && stats.queuedBytes === 0 && stats.replayBytes === 0 && stats.brokerHeldBytes === 0 && stats.unauthenticated === 0;
     }, 5000, 'the hub to hold only the canary, nothing queued');
     const agentOne = chain.hub.agentViews().find((view) => view.agentId === 'agent-1');
     expect(agentOne?.sessions).toBe(1);
