@@ -32,13 +32,21 @@ export interface ConnectLimits {
   maxClientIdLength: number;
 }
 
-/** MQTT 3.1 (MQIsdp), 3.1.1 and 5.0. */
-const PROTOCOL_LEVELS = new Set([3, 4, 5]);
+/**
+ * The levels each protocol name goes with: MQTT 3.1 is MQIsdp level 3, 3.1.1
+ * and 5.0 are MQTT levels 4 and 5. A name with another's level (MQTT level 3)
+ * is refused like an unknown level, as Mosquitto does; the broker behind the
+ * hub would otherwise take it for a version it is not.
+ */
+const PROTOCOL_LEVELS: ReadonlyMap<string, ReadonlySet<number>> = new Map([
+  ['MQIsdp', new Set([3])],
+  ['MQTT', new Set([4, 5])],
+]);
 
 /**
  * The protocol level of a CONNECT whose protocol name is MQTT's but whose
- * level is none this side speaks; null otherwise. MQTT 3.1.1 §3.1.2.2: the
- * server answers CONNACK 0x01 and closes. That CONNACK is in 3.1.1 form, as
+ * level is none this side speaks under that name; null otherwise. MQTT
+ * 3.1.1 §3.1.2.2: the server answers CONNACK 0x01 and closes. That CONNACK is in 3.1.1 form, as
  * Mosquitto's is: a device of an unknown version can read no other, and one
  * that speaks 5.0 takes it as the refusal it is.
  */
@@ -50,9 +58,10 @@ function unsupportedLevel(bytes: Buffer): number | null {
   const nameEnd = offset + 2 + bytes.readUInt16BE(offset);
   if (nameEnd >= bytes.length) return null;
   const name = bytes.toString('latin1', offset + 2, nameEnd);
-  if (name !== 'MQTT' && name !== 'MQIsdp') return null;
+  const levels = PROTOCOL_LEVELS.get(name);
+  if (levels === undefined) return null;
   const level = bytes[nameEnd];
-  return PROTOCOL_LEVELS.has(level) ? null : level;
+  return levels.has(level) ? null : level;
 }
 
 /**

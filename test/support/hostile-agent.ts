@@ -67,6 +67,11 @@ export class HostileAgent {
     this.socket.write(encodeFrame({ type: FrameType.DATA, streamId, payload }));
   }
 
+  /** Bytes as they are, for what the codec will not encode: unknown types, lying headers. */
+  raw(bytes: Buffer): void {
+    this.socket.write(bytes);
+  }
+
   /** Frames received on `streamId` so far, ACKs left out. */
   framesOf(streamId: number): Frame[] {
     return this.frames.filter((frame) => frame.streamId === streamId && frame.type !== FrameType.ACK);
