@@ -1,6 +1,6 @@
 import mqttPacket, { type ISubscription, type Packet } from 'mqtt-packet';
 import { parseConnect } from '../shared/mqtt-connect.js';
-import { PacketType } from '../shared/mqtt-framing.js';
+import { encodeVariableByteInteger, PacketType } from '../shared/mqtt-framing.js';
 
 /**
  * Device bytes in flight to the broker (QoS 1/2 PUBLISHes, PUBRELs,
@@ -48,16 +48,6 @@ function bodyOffset(packet: Buffer): number {
   return offset + 1;
 }
 
-function encodeVarint(value: number): number[] {
-  const bytes: number[] = [];
-  do {
-    let byte = value % 128;
-    value = Math.floor(value / 128);
-    if (value > 0) byte |= 0x80;
-    bytes.push(byte);
-  } while (value > 0);
-  return bytes;
-}
 
 function readVarint(buf: Buffer, offset: number): { value: number; end: number } | null {
   let value = 0;
@@ -108,7 +98,7 @@ export function publishTopicAlias(packet: Buffer): { topicStart: number; topicEn
 function withTopic(packet: Buffer, topicStart: number, topic: Buffer): Buffer {
   const rest = packet.subarray(topicStart + 2);
   const remaining = 2 + topic.length + rest.length;
-  const header = encodeVarint(remaining);
+  const header = encodeVariableByteInteger(remaining);
   const out = Buffer.allocUnsafe(1 + header.length + remaining);
   out[0] = packet[0];
   out.set(header, 1);

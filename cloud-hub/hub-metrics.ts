@@ -1,6 +1,6 @@
 import { Counter, Gauge, Registry } from 'prom-client';
 import { endCounter } from '../shared/end-metrics.js';
-import { perScrape, type Readiness } from '../shared/metrics-server.js';
+import { mirrorTotal, perScrape, type Readiness, readGauge } from '../shared/metrics-server.js';
 import type { CloudHub } from './hub.js';
 
 /**
@@ -12,23 +12,8 @@ export function hubMetrics(hub: CloudHub): Registry {
   const registry = new Registry();
   const stats = perScrape(() => hub.stats());
   const readiness = perScrape(() => hub.readiness());
-  const gauge = (name: string, help: string, read: () => number): void => {
-    new Gauge({ name, help, registers: [registry], collect() { this.set(read()); } });
-  };
-  // Counters mirror totals the hub keeps, so each scrape adds the growth since the last.
-  const total = (name: string, help: string, read: () => number): void => {
-    let seen = 0;
-    new Counter({
-      name,
-      help,
-      registers: [registry],
-      collect() {
-        const now = read();
-        this.inc(Math.max(0, now - seen));
-        seen = now;
-      },
-    });
-  };
+  const gauge = (name: string, help: string, read: () => number): void => readGauge(registry, name, help, read);
+  const total = (name: string, help: string, read: () => number): void => mirrorTotal(registry, name, help, read);
   const { counters } = hub;
   gauge('edgemux_hub_agents', 'Agents with at least one tunnel up', () => stats().agents);
   gauge('edgemux_hub_tunnels', 'Agent tunnels up', () => stats().tunnels);

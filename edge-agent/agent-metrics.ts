@@ -1,6 +1,6 @@
 import { Counter, Gauge, Registry } from 'prom-client';
 import { endCounter } from '../shared/end-metrics.js';
-import { perScrape, type Readiness } from '../shared/metrics-server.js';
+import { mirrorTotal, perScrape, type Readiness, readGauge } from '../shared/metrics-server.js';
 import type { EdgeAgent } from './agent.js';
 
 /**
@@ -12,22 +12,8 @@ export function agentMetrics(agent: EdgeAgent): Registry {
   const registry = new Registry();
   const stats = perScrape(() => agent.stats());
   const tunnelTraffic = perScrape(() => agent.pool.trafficTotals());
-  const gauge = (name: string, help: string, read: () => number): void => {
-    new Gauge({ name, help, registers: [registry], collect() { this.set(read()); } });
-  };
-  const counter = (name: string, help: string, read: () => number): void => {
-    let last = 0;
-    new Counter({
-      name,
-      help,
-      registers: [registry],
-      collect() {
-        const now = read();
-        this.inc(Math.max(0, now - last));
-        last = now;
-      },
-    });
-  };
+  const gauge = (name: string, help: string, read: () => number): void => readGauge(registry, name, help, read);
+  const counter = (name: string, help: string, read: () => number): void => mirrorTotal(registry, name, help, read);
   gauge('edgemux_agent_devices', 'Device connections held by the agent', () => stats().devices);
   gauge('edgemux_agent_devices_attached', 'Devices whose CONNECT was forwarded', () => stats().attached);
   gauge('edgemux_agent_streams_detached', 'Streams waiting to resume on a tunnel', () => stats().detached);

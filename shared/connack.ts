@@ -1,4 +1,5 @@
 import mqttPacket, { type IConnackPacket, type Packet } from 'mqtt-packet';
+import { encodeVariableByteInteger } from './mqtt-framing.js';
 
 export type RefusalKind =
   | 'unsupported-protocol'
@@ -80,9 +81,9 @@ export function withAssignedClientId(connack: Buffer, clientId: string): Buffer 
   added[0] = ASSIGNED_CLIENT_IDENTIFIER;
   added.writeUInt16BE(id.length, 1);
   id.copy(added, 3);
-  const newBody = Buffer.concat([body.subarray(0, 2), writeVarint(existing.length + added.length), existing, added]);
+  const newBody = Buffer.concat([body.subarray(0, 2), encodeVariableByteInteger(existing.length + added.length), existing, added]);
   // Whatever followed the CONNACK in the same bytes follows it still.
-  return Buffer.concat([connack.subarray(0, 1), writeVarint(newBody.length), newBody, connack.subarray(end)]);
+  return Buffer.concat([connack.subarray(0, 1), encodeVariableByteInteger(newBody.length), newBody, connack.subarray(end)]);
 }
 
 /** Variable Byte Integer (MQTT 5 §1.5.5) at `offset`; stops at four bytes or the buffer's end, which parsing then refuses. */
@@ -99,13 +100,3 @@ function readVarint(buf: Buffer, offset: number): { value: number; bytes: number
   return { value, bytes };
 }
 
-function writeVarint(value: number): Buffer {
-  const bytes: number[] = [];
-  do {
-    let byte = value % 128;
-    value = Math.floor(value / 128);
-    if (value > 0) byte |= 0x80;
-    bytes.push(byte);
-  } while (value > 0);
-  return Buffer.from(bytes);
-}

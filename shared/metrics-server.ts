@@ -1,6 +1,6 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { collectDefaultMetrics, type Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, type Registry } from 'prom-client';
 
 export interface MetricsServer {
   registry: Registry;
@@ -13,6 +13,30 @@ export interface Readiness {
   ready: boolean;
   reasons: string[];
   [key: string]: unknown;
+}
+
+/** A gauge that reads its value at scrape time. */
+export function readGauge(registry: Registry, name: string, help: string, read: () => number): void {
+  new Gauge({ name, help, registers: [registry], collect() { this.set(read()); } });
+}
+
+/**
+ * A counter mirroring a total the component keeps: each scrape adds the
+ * growth since the last, so the component counts with plain numbers on its
+ * hot path and prom-client only at scrape time.
+ */
+export function mirrorTotal(registry: Registry, name: string, help: string, read: () => number): void {
+  let seen = 0;
+  new Counter({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      const now = read();
+      this.inc(Math.max(0, now - seen));
+      seen = now;
+    },
+  });
 }
 
 /**

@@ -162,3 +162,15 @@ export function streamPayloadProblem(payload: Buffer, first: boolean, maxPacketS
   }
   return null;
 }
+
+/** MQTT's Variable Byte Integer (3.1.1 §2.2.3, 5.0 §1.5.5): 7 bits a byte, high bit set while more follow. */
+export function encodeVariableByteInteger(value: number): Buffer {
+  const bytes: number[] = [];
+  do {
+    let byte = value % 128;
+    value = Math.floor(value / 128);
+    if (value > 0) byte |= 0x80;
+    bytes.push(byte);
+  } while (value > 0);
+  return Buffer.from(bytes);
+}
