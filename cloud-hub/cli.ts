@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util';
 import { numberFlag, onShutdown, runCli } from '../shared/cli-support.js';
 import { readConfigFile, validateConfig } from '../shared/config-loader.js';
+import { LogFile, ReopenLogOnSignal } from '../shared/log-file.js';
 import { createLogger } from '../shared/logger.js';
 import { ReloadOnSignal } from '../shared/reload.js';
 import { type HubConfig, hubConfigSchema } from './config.js';
@@ -40,16 +41,19 @@ Usage: cloud-hub [options]
   --admin-token-file FILE  file holding the admin API's bearer token (required with --admin-port)
   --metrics-port PORT  serve Prometheus /metrics, /healthz and /readyz on 127.0.0.1:PORT (--metrics-host to change)
   --log-level LEVEL    fatal|error|warn|info|debug|trace|silent (default info)
+  --log-file FILE      write the log to FILE (created 0640) instead of stdout
   -h, --help
 
 SIGHUP reloads the config file (flags still override it): routes, namespaces,
 log level and TLS material take effect for new sessions and tunnels; the ACL
-file (acl.file) is read again and applies to the next packet of every client.`;
+file (acl.file) is read again and applies to the next packet of every client.
+SIGUSR1 reopens the log file, for logrotate's postrotate.`;
 
 if (process.argv[2] === 'pki') {
   runCli(() => runPkiCommand(process.argv.slice(3), (text) => process.stdout.write(`${text}\n`)));
 } else runCli(async () => {
   const reloads = new ReloadOnSignal();
+  const logReopens = new ReopenLogOnSignal();
   const { values } = parseArgs({
     options: {
       config: { type: 'string' },
@@ -74,6 +78,7 @@ if (process.argv[2] === 'pki') {
       'admin-host': { type: 'string' },
       'admin-token-file': { type: 'string' },
       'log-level': { type: 'string' },
+      'log-file': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -110,6 +115,7 @@ if (process.argv[2] === 'pki') {
             ? { admin: { host: values['admin-host'], port: numberFlag(values['admin-port']), tokenFile: values['admin-token-file'] } }
             : {}),
           logLevel: values['log-level'],
+          logFile: values['log-file'],
         },
       ],
       'cloud-hub',
@@ -117,7 +123,9 @@ if (process.argv[2] === 'pki') {
   };
   const config = loadConfig();
   const adminToken = config.admin === undefined ? null : readAdminToken(config.admin.tokenFile);
-  const log = createLogger('cloud-hub', config.logLevel);
+  const logFile = config.logFile === undefined ? null : new LogFile({ path: config.logFile, maxBytes: config.logMaxBytes, keep: config.logKeep });
+  const log = createLogger('cloud-hub', config.logLevel, logFile?.destination);
+  logReopens.use(logFile, log);
   const hub = await startHub(config, log);
   const metrics = config.metrics
     ? await startMetricsServer({ ...config.metrics, registry: hubMetrics(hub), ready: () => hubReadiness(hub), details: () => ({ ...hub.stats() }) })

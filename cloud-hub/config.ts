@@ -174,6 +174,12 @@ export const hubConfigSchema = z.strictObject({
     })
     .optional(),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** Log to this file instead of stdout; SIGUSR1 reopens it (logrotate's postrotate). */
+  logFile: z.string().min(1, 'path of the log file').optional(),
+  /** Past this size the log file is renamed to logFile.1 and a fresh one started; no limit when absent. */
+  logMaxBytes: z.number().int().min(4096).optional(),
+  /** Rotated log files kept by logMaxBytes: logFile.1 .. logFile.N. */
+  logKeep: z.number().int().min(1).max(99).default(5),
 }).refine((config) => config.tls !== undefined || config.devPki !== undefined || config.pkiDir !== undefined, {
   message: 'set tls (ca, cert, key file paths), pkiDir (made by cloud-hub pki init) or devPki (a directory for a development PKI)',
   path: ['tls'],

@@ -3,6 +3,7 @@ import { parseArgs } from 'node:util';
 import { numberFlag, onShutdown, runCli } from '../shared/cli-support.js';
 import { readConfigFile, validateConfig } from '../shared/config-loader.js';
 import { type AgentConfig, agentConfigSchema } from './config.js';
+import { LogFile, ReopenLogOnSignal } from '../shared/log-file.js';
 import { createLogger } from '../shared/logger.js';
 import { ReloadOnSignal } from '../shared/reload.js';
 import { ensureDevPki } from '../shared/pki.js';
@@ -11,7 +12,7 @@ import { agentMetrics, agentReadiness } from './agent-metrics.js';
 import { runEnrollCommand, enrollIfNeeded, startRenewal } from './enroll-cli.js';
 import { serverNameOf, startAgent } from './main.js';
 import { reloadAgent, runningAgent } from './reload.js';
-import { onReloadFromPrimary, superviseWorkers, workerIndex } from './workers.js';
+import { onReloadFromPrimary, requestLogRotation, superviseWorkers, workerIndex } from './workers.js';
 
 const HELP = `edge-agent: carries local MQTT devices over multiplexed TLS tunnels to a cloud hub
 
@@ -36,16 +37,19 @@ Usage: edge-agent [options]
   --metrics-port PORT  serve Prometheus /metrics, /healthz and /readyz on 127.0.0.1:PORT (--metrics-host to change);
                        with --workers, each scrape is answered by one worker (label worker)
   --log-level LEVEL    fatal|error|warn|info|debug|trace|silent (default info)
+  --log-file FILE      write the log to FILE (created 0640) instead of stdout
   -h, --help
 
 SIGHUP reloads the config file (flags still override it): log level, TLS
 material and hubs take effect for tunnels dialled from then on; with --workers
-the primary passes the reload on to every worker.`;
+the primary passes the reload on to every worker. SIGUSR1 reopens the log
+file, for logrotate's postrotate (the primary passes it on to the workers).`;
 
 if (process.argv[2] === 'enroll') {
   runCli(() => runEnrollCommand(process.argv.slice(3)));
 } else runCli(async () => {
   const reloads = new ReloadOnSignal();
+  const logReopens = new ReopenLogOnSignal();
   const { values } = parseArgs({
     options: {
       config: { type: 'string' },
@@ -69,6 +73,7 @@ if (process.argv[2] === 'enroll') {
       'metrics-port': { type: 'string' },
       'metrics-host': { type: 'string' },
       'log-level': { type: 'string' },
+      'log-file': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -101,6 +106,7 @@ if (process.argv[2] === 'enroll') {
           ...(values['identity-dir'] !== undefined ? { identity: { dir: values['identity-dir'], renewAt: numberFlag(values['renew-at']), serverName: values['server-name'] } } : {}),
           ...(values['metrics-port'] !== undefined ? { metrics: { host: values['metrics-host'], port: numberFlag(values['metrics-port']) } } : {}),
           logLevel: values['log-level'],
+          logFile: values['log-file'],
         },
       ],
       'edge-agent',
@@ -108,13 +114,30 @@ if (process.argv[2] === 'enroll') {
   };
   const config = loadConfig();
   const worker = workerIndex();
+  const primaryOfWorkers = worker === null && config.workers > 1;
+  // With --workers every process appends to the one file; the primary alone renames it, then has all reopen.
+  const logFile =
+    config.logFile === undefined
+      ? null
+      : new LogFile(
+          { path: config.logFile, maxBytes: config.logMaxBytes, keep: config.logKeep },
+          { shared: config.workers > 1, rotate: worker === null ? () => rotateLog() : requestLogRotation },
+        );
+  // Replaced below by the primary of workers, which has them reopen after it renames.
+  let rotateLog = (): void => logFile?.rotateNow();
+  const baseLog = createLogger('edge-agent', config.logLevel, logFile?.destination);
   if (worker === null) {
-    await enrollIfNeeded(config, values['enroll-token'] ?? process.env.EDGEMUX_ENROLL_TOKEN, values['ca-fingerprint'], createLogger('edge-agent', config.logLevel));
+    await enrollIfNeeded(config, values['enroll-token'] ?? process.env.EDGEMUX_ENROLL_TOKEN, values['ca-fingerprint'], baseLog);
   }
-  if (worker === null && config.workers > 1) {
+  if (primaryOfWorkers) {
     if (config.devPki !== undefined) await ensureDevPki(config.devPki, { agentIds: [config.agentId] });
-    const log = createLogger('edge-agent', config.logLevel);
-    const supervisor = superviseWorkers(config.workers, log);
+    const log = baseLog;
+    const supervisor = superviseWorkers(config.workers, log, () => rotateLog());
+    rotateLog = () => {
+      logFile?.rotateNow();
+      supervisor.reopenLogs();
+    };
+    logReopens.use(logFile, log, () => ({ workers: supervisor.reopenLogs() }));
     // One process renews, so workers never race on the files; each takes the new certificate on the reload it passes on.
     startRenewal(config, log, () => supervisor.reloadWorkers());
     reloads.use(async () => {
@@ -122,8 +145,9 @@ if (process.argv[2] === 'enroll') {
     }, log);
     return;
   }
-  if (worker !== null) onReloadFromPrimary(() => reloads.request());
-  const log = createLogger('edge-agent', config.logLevel).child({ worker: worker ?? 0 });
+  if (worker !== null) onReloadFromPrimary(() => reloads.request(), () => logReopens.request());
+  const log = baseLog.child({ worker: worker ?? 0 });
+  logReopens.use(logFile, log);
   const agent = await startAgent(config, worker ?? 0, log);
   const registry = agentMetrics(agent);
   registry.setDefaultLabels({ worker: String(worker ?? 0) });

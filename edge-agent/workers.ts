@@ -14,17 +14,29 @@ const RESTART_BUDGET = 10;
  * of the signal, while a message it cannot hear yet is only lost.
  */
 const RELOAD_MESSAGE = 'edgemux:reload';
+/** SIGUSR1 is passed on the same way, for the same reason: the signal itself would start a worker's inspector. */
+const REOPEN_LOG_MESSAGE = 'edgemux:reopen-log';
+/** From a worker whose log file passed logMaxBytes: the primary alone renames the files every worker appends to. */
+const ROTATE_LOG_MESSAGE = 'edgemux:rotate-log';
 
-/** In a worker, calls `request` whenever the primary passes a reload on. */
-export function onReloadFromPrimary(request: () => void): void {
+/** In a worker, calls `reload` or `reopenLog` whenever the primary passes a SIGHUP or SIGUSR1 on. */
+export function onReloadFromPrimary(reload: () => void, reopenLog: () => void): void {
   process.on('message', (message) => {
-    if (message === RELOAD_MESSAGE) request();
+    if (message === RELOAD_MESSAGE) reload();
+    else if (message === REOPEN_LOG_MESSAGE) reopenLog();
   });
+}
+
+/** In a worker, asks the primary to rotate the shared log file (it then has every process reopen it). */
+export function requestLogRotation(): void {
+  process.send?.(ROTATE_LOG_MESSAGE);
 }
 
 export interface WorkerSupervisor {
   /** Asks every running worker to reload its configuration; returns how many were asked. */
   reloadWorkers(): number;
+  /** Asks every running worker to reopen its log file; returns how many were asked. */
+  reopenLogs(): number;
 }
 
 export function workerIndex(): number | null {
@@ -38,11 +50,14 @@ export function workerIndex(): number | null {
  * more devices than one process' descriptor limit. Each worker keeps its own
  * tunnels and streams; the hub tells them apart by worker index.
  */
-export function superviseWorkers(count: number, log: Logger): WorkerSupervisor {
+export function superviseWorkers(count: number, log: Logger, rotateLog: () => void = () => {}): WorkerSupervisor {
   const deaths: number[] = [];
   let stopping = false;
   const fork = (index: number): Worker => {
     const worker = cluster.fork({ [WORKER_INDEX_ENV]: String(index) });
+    worker.on('message', (message) => {
+      if (message === ROTATE_LOG_MESSAGE) rotateLog();
+    });
     worker.on('exit', (code, signal) => {
       if (stopping) return;
       const now = Date.now();
@@ -75,11 +90,13 @@ export function superviseWorkers(count: number, log: Logger): WorkerSupervisor {
   log.info({ workers: count }, 'agent workers started');
   process.on('SIGINT', () => stopAll(0));
   process.on('SIGTERM', () => stopAll(0));
+  const tellWorkers = (message: string): number => {
+    const workers = Object.values(cluster.workers ?? {}).filter((worker): worker is Worker => worker !== undefined && worker.isConnected());
+    for (const worker of workers) worker.send(message);
+    return workers.length;
+  };
   return {
-    reloadWorkers: () => {
-      const workers = Object.values(cluster.workers ?? {}).filter((worker): worker is Worker => worker !== undefined && worker.isConnected());
-      for (const worker of workers) worker.send(RELOAD_MESSAGE);
-      return workers.length;
-    },
+    reloadWorkers: () => tellWorkers(RELOAD_MESSAGE),
+    reopenLogs: () => tellWorkers(REOPEN_LOG_MESSAGE),
   };
 }

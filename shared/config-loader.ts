@@ -49,7 +49,7 @@ export function readConfigFile(path: string): PlainObject {
  * working directory; flags stay relative to the working directory, as a
  * shell user expects.
  */
-const PATH_KEYS = new Set(['ca', 'cert', 'key', 'statePath', 'devPki', 'pkiDir', 'passwordFile', 'tokenFile', 'dir']);
+const PATH_KEYS = new Set(['ca', 'cert', 'key', 'statePath', 'devPki', 'pkiDir', 'passwordFile', 'tokenFile', 'dir', 'logFile']);
 
 function resolveFilePaths(node: unknown, base: string): unknown {
   if (Array.isArray(node)) return node.map((item) => resolveFilePaths(item, base));
