@@ -727,7 +727,7 @@ export class CloudHub {
     let record: AgentRecord | null = null;
     // DATA and ACK count once HELLO has named the agent, and only for its streams attached here.
     tunnel.routeStreams((id) => record?.streams.attachedTo(tunnel, id)?.stream);
-    const helloTimer = setTimeout(() => {
+    const helloTimer = this.clock.setTimeout(() => {
       if (record === null) tunnel.close('hello-timeout', 'no HELLO in time');
     }, TUNNEL_DEFAULTS.helloTimeoutMs);
     this.tunnels.add(tunnel);
@@ -738,7 +738,7 @@ export class CloudHub {
           tunnel.close('protocol-error', 'protocol violation: second HELLO');
           return;
         }
-        clearTimeout(helloTimer);
+        helloTimer.cancel();
         const check = checkHello(frame.body, 'agent');
         if (!check.accepted) {
           this.counters.refused('tunnel-protocol');
@@ -787,7 +787,7 @@ export class CloudHub {
       this.streams.departed(record, `agent said goodbye: ${body.reason}`);
     });
     tunnel.on('closed', (reason, detail) => {
-      clearTimeout(helloTimer);
+      helloTimer.cancel();
       this.tunnels.delete(tunnel);
       this.tunnelEnds.add(reason);
       log.info({ reason, detail, streams: record?.streams.heldCount(tunnel) ?? 0 }, 'agent tunnel down');

@@ -3,7 +3,7 @@ import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { type DialFailure, ReconnectPolicy } from '../shared/backoff.js';
-import type { Clock } from '../shared/clock.js';
+import { type Clock, systemClock } from '../shared/clock.js';
 import { type EndCode, EndCounts } from '../shared/end-reasons.js';
 import { type ControlFrame, FrameType, type GoodbyeBody } from '../shared/frame-codec.js';
 import { applyHello, buildHello, checkHello, refuseHello } from '../shared/hello.js';
@@ -440,7 +440,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       log,
     });
     slot.tunnel = tunnel;
-    const helloTimer = setTimeout(() => tunnel.close('hello-timeout', 'no HELLO from hub in time'), TUNNEL_DEFAULTS.helloTimeoutMs);
+    const helloTimer = (this.options.clock ?? systemClock).setTimeout(() => tunnel.close('hello-timeout', 'no HELLO from hub in time'), TUNNEL_DEFAULTS.helloTimeoutMs);
     tunnel.on('goodbye', (body) => this.onGoodbye(slot, `${hub.host}:${hub.port}`, body, log));
     tunnel.send(
       buildHello({
@@ -455,7 +455,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
     );
     tunnel.on('control', (frame) => {
       if (frame.type === FrameType.HELLO) {
-        clearTimeout(helloTimer);
+        helloTimer.cancel();
         const check = checkHello(frame.body, 'hub');
         if (!check.accepted) {
           log.warn({ hubId: frame.body.id, version: frame.body.version, role: frame.body.role, reason: check.code, detail: check.reason }, 'tunnel refused: the hub HELLO does not fit');
@@ -478,7 +478,7 @@ export class TunnelPool extends EventEmitter<TunnelPoolEvents> {
       this.emit('control', tunnel, frame);
     });
     tunnel.on('closed', (reason, detail) => {
-      clearTimeout(helloTimer);
+      helloTimer.cancel();
       addTraffic(this.closedTraffic, tunnel.traffic);
       this.tunnelEnds.add(reason);
       const wasReady = slot.ready;
