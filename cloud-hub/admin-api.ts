@@ -241,11 +241,18 @@ export async function startAdminApi(options: AdminApiOptions): Promise<AdminApi>
   };
 
   const server = http.createServer((request, response) => {
-    const url = new URL(request.url ?? '/', 'http://admin.invalid');
     const method = request.method ?? 'GET';
     const send = (status: number, body: unknown, headers: http.OutgoingHttpHeaders = {}): void => {
       response.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff', ...headers }).end(JSON.stringify(body));
     };
+    let url: URL;
+    try {
+      url = new URL(request.url ?? '/', 'http://admin.invalid');
+    } catch {
+      // A request target that URL cannot parse (e.g. `http://[`) would otherwise throw out of the handler and end the hub.
+      send(400, { error: 'malformed request target' }, { connection: 'close' });
+      return;
+    }
     if (url.pathname.startsWith('/api/')) {
       if (!authorized(request)) {
         // Unread bodies of strangers are not waited for: the connection closes with the answer.

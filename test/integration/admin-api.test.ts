@@ -1,5 +1,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -201,6 +202,18 @@ describe('hub admin API', () => {
     expect((await api('/api/v1/devices/x/disconnect')).status).toBe(405);
     const reload = await api('/api/v1/reload', { method: 'POST' });
     expect(reload.status).toBe(501);
+  });
+
+  it('answers a request target URL cannot parse with 400 and keeps serving', async () => {
+    const answer = await new Promise<string>((resolve, reject) => {
+      const socket = connect(admin.address.port, '127.0.0.1', () => socket.write('GET http://[ HTTP/1.1\r\nHost: x\r\n\r\n'));
+      let text = '';
+      socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
+      socket.on('close', () => resolve(text));
+      socket.on('error', reject);
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+    expect((await api('/api/v1/overview')).status).toBe(200);
   });
 
   it('reports totals for the status page: messages, bytes, resumes, refusals', async () => {
