@@ -2,6 +2,10 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { collectDefaultMetrics, Counter, Gauge, type Registry } from 'prom-client';
 
+/** Bounds on what one unauthenticated peer of the metrics port can hold. */
+const REQUEST_TIMEOUT_MS = 10_000;
+const MAX_CONNECTIONS = 64;
+
 export interface MetricsServer {
   registry: Registry;
   address: AddressInfo;
@@ -99,6 +103,10 @@ export async function startMetricsServer(options: {
     }
     response.writeHead(404).end();
   });
+  // Scrapes and probes are small GETs: a peer slower than this is not a scraper (node's defaults are 60 s and 5 min).
+  server.headersTimeout = REQUEST_TIMEOUT_MS;
+  server.requestTimeout = REQUEST_TIMEOUT_MS;
+  server.maxConnections = MAX_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(options.port, options.host, () => resolve());
