@@ -3,6 +3,7 @@ import mqttPacket from 'mqtt-packet';
 import type { MqttClient } from 'mqtt';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type Chain, connectClient, eventually, removePki, startChain } from '../support/chain.js';
+import { rawDevice } from '../support/raw-mqtt.js';
 
 function nextMessage(client: MqttClient, topic: string): Promise<{ payload: Buffer; retain: boolean; qos: number }> {
   return new Promise((resolve) => {
@@ -13,17 +14,6 @@ function nextMessage(client: MqttClient, topic: string): Promise<{ payload: Buff
     };
     client.on('message', onMessage);
   });
-}
-
-/** A raw device socket speaking MQTT bytes directly, for what MQTT.js will not send. */
-async function rawDevice(port: number): Promise<{ socket: net.Socket; received: Buffer[]; closed: Promise<void> }> {
-  const socket = net.connect(port, '127.0.0.1');
-  await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
-  const received: Buffer[] = [];
-  socket.on('data', (chunk) => received.push(chunk));
-  socket.on('error', () => {});
-  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-  return { socket, received, closed };
 }
 
 function parsePackets(bytes: Buffer, protocolVersion = 4): mqttPacket.Packet[] {

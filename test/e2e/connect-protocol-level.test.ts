@@ -1,22 +1,6 @@
-import net from 'node:net';
-import mqttPacket from 'mqtt-packet';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type Chain, removePki, startChain } from '../support/chain.js';
-
-/** A device speaking raw bytes: MQTT.js sends only the levels it knows. */
-async function rawDevice(port: number): Promise<{ socket: net.Socket; received: () => Buffer; closed: Promise<void> }> {
-  const socket = net.connect(port, '127.0.0.1');
-  await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
-  const chunks: Buffer[] = [];
-  socket.on('data', (chunk) => chunks.push(chunk));
-  socket.on('error', () => {});
-  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-  return { socket, received: () => Buffer.concat(chunks), closed };
-}
-
-function connect(clientId: string): Buffer {
-  return mqttPacket.generate({ cmd: 'connect', clientId, clean: true, keepalive: 30, protocolVersion: 4 });
-}
+import { connectPacket as connect, rawDeviceBytes as rawDevice } from '../support/raw-mqtt.js';
 
 describe('a CONNECT of a protocol level the agent does not speak', () => {
   let chain: Chain;

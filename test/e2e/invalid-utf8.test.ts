@@ -1,19 +1,8 @@
-import net from 'node:net';
 import type { MqttClient } from 'mqtt';
 import mqttPacket from 'mqtt-packet';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type Chain, removePki, startChain } from '../support/chain.js';
-
-/** A device speaking raw bytes, for what MQTT.js will not send. */
-async function rawDevice(port: number): Promise<{ socket: net.Socket; received: Buffer[]; closed: Promise<void> }> {
-  const socket = net.connect(port, '127.0.0.1');
-  await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
-  const received: Buffer[] = [];
-  socket.on('data', (chunk) => received.push(chunk));
-  socket.on('error', () => {});
-  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-  return { socket, received, closed };
-}
+import { rawDevice } from '../support/raw-mqtt.js';
 
 /** The packet with its first X replaced by `byte`: lengths stay as they are. */
 function withByte(packet: Buffer, byte: number): Buffer {

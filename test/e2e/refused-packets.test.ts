@@ -1,28 +1,13 @@
-import net from 'node:net';
 import mqttPacket from 'mqtt-packet';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type Chain, eventually, removePki, startChain } from '../support/chain.js';
+import { connectPacket as connect, rawDeviceBytes as rawDevice } from '../support/raw-mqtt.js';
 
 interface LogLine {
   msg: string;
   clientId?: string;
   reason?: string;
-}
-
-/** A device speaking raw bytes, for what MQTT.js will not send. */
-async function rawDevice(port: number): Promise<{ socket: net.Socket; received: () => Buffer; closed: Promise<void> }> {
-  const socket = net.connect(port, '127.0.0.1');
-  await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
-  const chunks: Buffer[] = [];
-  socket.on('data', (chunk) => chunks.push(chunk));
-  socket.on('error', () => {});
-  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-  return { socket, received: () => Buffer.concat(chunks), closed };
-}
-
-function connect(clientId: string): Buffer {
-  return mqttPacket.generate({ cmd: 'connect', clientId, clean: true, keepalive: 30, protocolVersion: 4 });
 }
 
 const CONNACK_ACCEPTED = Buffer.from([0x20, 0x02, 0x00, 0x00]);
